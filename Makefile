@@ -1,0 +1,24 @@
+# Two commands do all the set-up on a fresh machine: `make run` and `make test`.
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+
+.PHONY: run test lint clean
+
+$(VENV)/.installed: pyproject.toml
+	"$$(scripts/find-python)" -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: $(VENV)/.installed  ## start the proxy on the shipped pinset (config/pins.yaml)
+	$(VENV)/bin/pinproxy run $(ARGS)
+
+test: $(VENV)/.installed  ## run the whole test suite
+	$(PYTHON) -m pytest $(ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check pinproxy addons tests
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,58 @@
+"""Host name normalisation, shared by the pinset loader and the runtime checks.
+
+A pinned name must compare equal however a client spells it: case, IDNA (Unicode or punycode),
+a trailing dot, IPv6 brackets or zero compression. One function does it for both sides.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from functools import lru_cache
+
+from pinproxy.errors import HostnameError
+
+__all__ = ["normalize_host", "parent_domains"]
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+
+
+@lru_cache(maxsize=65536)
+def normalize_host(name: str) -> str:
+    """Canonical form of a DNS name or IP literal; raises `HostnameError` when it is neither.
+
+    Lowercase, IDNA A-labels, no trailing dot; IP literals in their compressed form. Cached
+    because the proxy normalises the same few names on every connection.
+    """
+    text = name.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    text = text.removesuffix(".").lower()
+    if not text.isascii():
+        try:
+            text = text.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise HostnameError(f"host {name!r} is not a valid internationalised name") from None
+    labels = text.split(".")
+    if len(text) > 253 or not all(_LABEL.match(label) for label in labels):
+        raise HostnameError(f"host {name!r} is not a valid host name or IP address")
+    return text
+
+
+def is_ip_literal(host: str) -> bool:
+    """True for a normalised IPv4 or IPv6 address."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def parent_domains(host: str) -> list[str]:
+    """Strict parents of a normalised DNS name, nearest first: a.b.c -> [b.c, c]."""
+    labels = host.split(".")
+    return [".".join(labels[i:]) for i in range(1, len(labels))]

@@ -1,0 +1,303 @@
+"""Pinset YAML -> validated `Pinset`, with every problem reported as `path:line: message`.
+
+PyYAML's `safe_load` keeps the last of two duplicate keys and reads `off` as False: either would
+silently weaken a pinset. So this walks PyYAML's node graph itself, checks every key and type,
+and collects all problems before failing, so one run of `pinproxy check` shows them all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from pinproxy.errors import PinproxyError, PinsetError
+from pinproxy.hostnames import is_ip_literal, normalize_host
+from pinproxy.pins import Pin, parse_pin, read_pem_or_der
+from pinproxy.pinset import HostRule, Location, Mode, Pinset, Unpinned
+
+__all__ = ["load_pinset", "parse_pinset"]
+
+SUPPORTED_VERSIONS = (1,)
+_TOP_KEYS = {"version", "mode", "unpinned", "hosts"}
+_RULE_KEYS = {"host", "pins", "include_subdomains", "expires", "mode"}
+_STR = "tag:yaml.org,2002:str"
+_INT = "tag:yaml.org,2002:int"
+_BOOL = "tag:yaml.org,2002:bool"
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_TYPE_NAMES = {_STR: "a string", _INT: "a number", _BOOL: "a boolean", _TIMESTAMP: "a date",
+               "tag:yaml.org,2002:float": "a number", "tag:yaml.org,2002:null": "empty"}
+
+
+def load_pinset(path: str | Path) -> Pinset:
+    """Read and validate a pinset file; raise `PinsetError` listing every problem."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise PinsetError([f"{name}: cannot read pinset: {reason}"]) from None
+    return parse_pinset(text, name, base_dir=Path(path).parent)
+
+
+def parse_pinset(text: str, source: str = "<pinset>", base_dir: Path | None = None) -> Pinset:
+    """Validate pinset YAML text; `base_dir` resolves `file:` pins (default: the working dir)."""
+    return _Parser(source, base_dir or Path()).parse(text)
+
+
+class _Parser:
+    def __init__(self, source: str, base_dir: Path) -> None:
+        self.source = source
+        self.base_dir = base_dir
+        self.problems: list[tuple[int, str]] = []
+        self.seen: set[int] = set()
+
+    def problem(self, node: Node | int, message: str) -> None:
+        line = node if isinstance(node, int) else node.start_mark.line + 1
+        self.problems.append((line, message))
+
+    def parse(self, text: str) -> Pinset:
+        root = self._compose(text)
+        pinset = self._pinset(root) if root is not None else None
+        if self.problems or pinset is None:
+            ordered = sorted(self.problems, key=lambda p: p[0])
+            raise PinsetError([f"{self.source}:{line}: {message}" for line, message in ordered])
+        return pinset
+
+    def _compose(self, text: str) -> Node | None:
+        try:
+            documents = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        except yaml.MarkedYAMLError as e:
+            mark = e.problem_mark or e.context_mark
+            line = mark.line + 1 if mark else 1
+            self.problem(line, f"not valid YAML: {e.problem or e.context}")
+            return None
+        except yaml.YAMLError as e:
+            self.problem(1, f"not valid YAML: {e}")
+            return None
+        if not documents:
+            self.problem(1, "the pinset is empty: it needs 'version: 1' and a 'hosts:' list")
+            return None
+        if len(documents) > 1:
+            self.problem(documents[1], "a pinset is one YAML document; remove the second '---'")
+            return None
+        return documents[0]
+
+    # -- the shape of the file -------------------------------------------------------------
+
+    def _pinset(self, root: Node) -> Pinset | None:
+        fields = self._mapping(root, "the pinset", _TOP_KEYS, required=("version", "hosts"))
+        if fields is None:
+            return None
+        version = fields.get("version")
+        if version is not None and self._scalar(version, _INT, "'version'") is not None:
+            if int(version.value) not in SUPPORTED_VERSIONS:
+                self.problem(version, f"unsupported pinset version {version.value!r}: "
+                                      "this pinproxy reads version 1")
+        mode = self._choice(fields.get("mode"), "'mode'", Mode, Mode.ENFORCE)
+        unpinned = self._choice(fields.get("unpinned"), "'unpinned'", Unpinned, Unpinned.ALLOW)
+        rules = self._rules(fields.get("hosts"), mode or Mode.ENFORCE)
+        if mode is None or unpinned is None or rules is None:
+            return None
+        return Pinset(rules=tuple(rules), source=self.source, mode=mode, unpinned=unpinned)
+
+    def _rules(self, node: Node | None, default_mode: Mode) -> list[HostRule] | None:
+        if node is None:
+            return None
+        if not isinstance(node, SequenceNode):
+            self.problem(node, f"'hosts' must be a list of host rules, not {_kind(node)}")
+            return None
+        rules: list[HostRule] = []
+        first_seen: dict[str, int] = {}
+        for item in node.value:
+            rule = self._rule(item, default_mode)
+            if rule is None:
+                continue
+            if rule.host in first_seen:
+                self.problem(item, f"host {rule.host!r} has a second rule; "
+                                   f"the first is at line {first_seen[rule.host]}")
+                continue
+            first_seen[rule.host] = rule.location.line
+            rules.append(rule)
+        return rules
+
+    def _rule(self, node: Node, default_mode: Mode) -> HostRule | None:
+        fields = self._mapping(node, "a host rule", _RULE_KEYS, required=("host", "pins"))
+        if fields is None:
+            return None
+        include = fields.get("include_subdomains")
+        include_subdomains = (
+            self._boolean(include, "'include_subdomains'") if include is not None else False
+        )
+        host = self._host(fields.get("host"), bool(include_subdomains))
+        pins = self._pins(fields.get("pins"), host or "this host")
+        expires = self._date(fields.get("expires")) if "expires" in fields else None
+        mode = self._choice(fields.get("mode"), "'mode'", Mode, default_mode)
+        if host is None or pins is None or include_subdomains is None or mode is None:
+            return None
+        if "expires" in fields and expires is None:
+            return None
+        return HostRule(host=host, pins=pins, location=Location(self.source, _line(node)),
+                        include_subdomains=include_subdomains, mode=mode, expires=expires)
+
+    # -- values ----------------------------------------------------------------------------
+
+    def _host(self, node: Node | None, include_subdomains: bool) -> str | None:
+        text = self._scalar(node, _STR, "'host'") if node is not None else None
+        if text is None or node is None:
+            return None
+        wildcard = text.startswith("*.")
+        base = text[2:] if wildcard else text
+        if "*" in base:
+            self.problem(node, f"host {text!r}: '*' is allowed only as a whole leftmost label, "
+                               "as in '*.example.com'")
+            return None
+        try:
+            base = normalize_host(base)
+        except PinproxyError as e:
+            self.problem(node, str(e))
+            return None
+        if is_ip_literal(base) and (wildcard or include_subdomains):
+            self.problem(node, f"host {text!r} is an IP address: it takes neither '*.' "
+                               "nor include_subdomains")
+            return None
+        return f"*.{base}" if wildcard else base
+
+    def _pins(self, node: Node | None, host: str) -> frozenset[Pin] | None:
+        if node is None:
+            return None
+        if not isinstance(node, SequenceNode):
+            self.problem(node, f"'pins' must be a list of pins, not {_kind(node)}")
+            return None
+        if not node.value:
+            self.problem(node, f"{host} has an empty 'pins' list, which would pin nothing; "
+                               "list at least one pin (and a backup)")
+            return None
+        pins: list[Pin] = []
+        ok = True
+        for item in node.value:
+            text = self._scalar(item, _STR, "a pin")
+            found = self._pin_or_file(item, text) if text is not None else None
+            if found is None:
+                ok = False
+            else:
+                pins.extend(found)
+        return frozenset(pins) if ok else None
+
+    def _pin_or_file(self, node: Node, text: str) -> list[Pin] | None:
+        try:
+            if text.startswith("file:"):
+                path = self.base_dir / text.removeprefix("file:").strip()
+                try:
+                    data = path.read_bytes()
+                except OSError as e:
+                    self.problem(node, f"pin file {str(path)!r}: {e.strerror or e}")
+                    return None
+                return [item.spki for item in read_pem_or_der(data, str(path))]
+            return [parse_pin(text)]
+        except PinproxyError as e:
+            self.problem(node, str(e))
+            return None
+
+    def _date(self, node: Node | None) -> dt.date | None:
+        if isinstance(node, ScalarNode) and node.tag in (_TIMESTAMP, _STR):
+            try:
+                return dt.date.fromisoformat(node.value)
+            except ValueError:
+                pass
+        shown = node.value if isinstance(node, ScalarNode) else _kind(node)
+        self.problem(node or 1, f"'expires' must be a date written YYYY-MM-DD, not {shown!r}")
+        return None
+
+    def _boolean(self, node: Node, what: str) -> bool | None:
+        if isinstance(node, ScalarNode) and node.tag == _BOOL and node.value.lower() in (
+            "true", "false"
+        ):
+            return node.value.lower() == "true"
+        shown = node.value if isinstance(node, ScalarNode) else _kind(node)
+        self.problem(node, f"{what} must be true or false, not {shown!r}")
+        return None
+
+    def _choice[E: (Mode, Unpinned)](
+        self, node: Node | None, what: str, choices: type[E], default: E
+    ) -> E | None:
+        if node is None:
+            return default
+        allowed = " or ".join(repr(c.value) for c in choices)
+        text = self._scalar(node, _STR, what, hint=f"one of {allowed}")
+        if text is None:
+            return None
+        try:
+            return choices(text)
+        except ValueError:
+            self.problem(node, f"{what} must be {allowed}, not {text!r}")
+            return None
+
+    # -- structure helpers -----------------------------------------------------------------
+
+    def _mapping(
+        self, node: Node, what: str, keys: set[str], required: tuple[str, ...]
+    ) -> dict[str, Node] | None:
+        if not self._first_visit(node):
+            return None
+        if not isinstance(node, MappingNode):
+            self.problem(node, f"{what} must be a mapping of keys, not {_kind(node)}")
+            return None
+        fields: dict[str, Node] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, ScalarNode) else None
+            if not isinstance(key, str) or key_node.tag != _STR:
+                self.problem(key_node, f"{what} has a key that is not a name: {key!r}")
+            elif key in fields:
+                self.problem(key_node, f"duplicate key {key!r} in {what} "
+                                       f"(first at line {_line(fields[key])})")
+            elif key not in keys:
+                self.problem(key_node, f"unknown key {key!r} in {what}; "
+                                       f"expected {', '.join(sorted(keys))}")
+            else:
+                fields[key] = value_node
+        for key in required:
+            if key not in fields and not any(
+                isinstance(k, ScalarNode) and k.value == key for k, _ in node.value
+            ):
+                self.problem(node, f"{what} is missing the key {key!r}")
+        return fields
+
+    def _scalar(self, node: Node, tag: str, what: str, hint: str = "") -> str | None:
+        if isinstance(node, ScalarNode) and node.tag == tag and self._first_visit(node):
+            return str(node.value)
+        if isinstance(node, ScalarNode) and node.tag in (_BOOL, _INT) and tag == _STR:
+            self.problem(node, f"{what} must be {hint or _TYPE_NAMES[tag]}, not the YAML "
+                               f"{_TYPE_NAMES[node.tag][2:]} {node.value!r}; quote it if you "
+                               "mean the text")
+        elif isinstance(node, ScalarNode) and node.tag == tag:
+            pass  # an alias: `_first_visit` reported it
+        else:
+            self.problem(node, f"{what} must be {hint or _TYPE_NAMES[tag]}, not {_kind(node)}")
+        return None
+
+    def _first_visit(self, node: Node) -> bool:
+        """Refuse YAML aliases: they make shared subtrees that are easy to misread (and bomb)."""
+        if id(node) in self.seen:
+            self.problem(node, "YAML anchors and aliases are not supported in a pinset")
+            return False
+        self.seen.add(id(node))
+        return True
+
+
+def _line(node: Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _kind(node: Node | None) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    if isinstance(node, ScalarNode):
+        described = _TYPE_NAMES.get(node.tag, "a value")
+        return f"{described} {node.value!r}" if node.value else "an empty value"
+    return "nothing"
+

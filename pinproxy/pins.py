@@ -1,0 +1,216 @@
+"""Pins: the `Pin` value, its spellings, and pins computed from certificates and keys.
+
+Two kinds of pin, kept apart by prefix and never guessed from the value:
+- `sha256/<base64>`: SHA-256 of the DER SubjectPublicKeyInfo (OkHttp, HPKP, Android, Envoy).
+  It survives certificate renewal with the same key.
+- `cert-sha256/<base64 or hex>`: SHA-256 of the whole DER certificate (Envoy's
+  `verify_certificate_hash`, `openssl x509 -fingerprint -sha256`). It changes at every renewal.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import lru_cache
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_der_private_key,
+    load_der_public_key,
+    load_pem_private_key,
+    load_pem_public_key,
+)
+
+from pinproxy.errors import PinError
+
+__all__ = [
+    "CertificatePins",
+    "Pin",
+    "PinKind",
+    "certificate_pins",
+    "parse_pin",
+    "read_pem_or_der",
+    "spki_pin",
+]
+
+DIGEST_SIZE = 32
+_HPKP = re.compile(r'^pin-sha256\s*=\s*"?([^"]*)"?$', re.IGNORECASE)
+_HEX = re.compile(r"^[0-9a-fA-F]{2}(:?[0-9a-fA-F]{2}){31}$")
+_PEM_BLOCK = re.compile(
+    rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL
+)
+
+
+class PinKind(StrEnum):
+    """What a pin's digest is taken over; the value is the pin's prefix."""
+
+    SPKI = "sha256"
+    CERTIFICATE = "cert-sha256"
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """One pinned digest. Compares by kind and digest, so spellings of one pin are equal."""
+
+    kind: PinKind
+    digest: bytes
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}/{base64.b64encode(self.digest).decode('ascii')}"
+
+    @property
+    def hpkp(self) -> str:
+        """The RFC 7469 spelling, used in violation reports (`known-pins`)."""
+        return f'pin-sha256="{base64.b64encode(self.digest).decode("ascii")}"'
+
+
+def parse_pin(text: str) -> Pin:
+    """Parse one pin in any accepted spelling; raise `PinError` saying what is wrong.
+
+    Accepted: `sha256/<b64>`, curl's `sha256//<b64>`, HPKP's `pin-sha256="<b64>"`, and
+    `cert-sha256/<b64>` or `cert-sha256/<hex, colons allowed>` for whole-certificate pins.
+    """
+    value = text.strip()
+    if hpkp := _HPKP.match(value):
+        return Pin(PinKind.SPKI, _decode_base64(hpkp.group(1), text))
+    prefix, slash, body = value.partition("/")
+    if not slash:
+        raise PinError(
+            f"pin {text!r} has no prefix: write 'sha256/<base64>' for a public-key (SPKI) pin "
+            "or 'cert-sha256/<base64>' for a whole-certificate pin"
+        )
+    match prefix.lower():
+        case "sha256":
+            return Pin(PinKind.SPKI, _decode_base64(body.removeprefix("/"), text))
+        case "cert-sha256":
+            if _HEX.match(body):
+                return Pin(PinKind.CERTIFICATE, bytes.fromhex(body.replace(":", "")))
+            return Pin(PinKind.CERTIFICATE, _decode_base64(body, text))
+        case _:
+            raise PinError(
+                f"pin {text!r} uses the unsupported prefix {prefix + '/'!r}: only 'sha256/' "
+                "(public key, SPKI) and 'cert-sha256/' (whole certificate) pins are accepted"
+            )
+
+
+def _decode_base64(body: str, text: str) -> bytes:
+    try:
+        digest = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        digest = b""
+    if len(digest) != DIGEST_SIZE or base64.b64encode(digest).decode("ascii") != body:
+        raise PinError(f"pin {text!r} is not base64 of a 32-byte SHA-256 digest")
+    return digest
+
+
+def spki_pin(public_key: PublicKeyTypes) -> Pin:
+    """The `sha256/` pin of a public key."""
+    spki = public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return Pin(PinKind.SPKI, hashlib.sha256(spki).digest())
+
+
+@dataclass(frozen=True, slots=True)
+class CertificatePins:
+    """Both pins of one certificate, with what a person needs to recognise it."""
+
+    spki: Pin
+    certificate: Pin
+    subject: str
+    der: bytes
+
+    @property
+    def pem(self) -> str:
+        body = base64.encodebytes(self.der).decode("ascii").replace("\n", "")
+        lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+        return "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n"
+
+
+@lru_cache(maxsize=4096)
+def certificate_pins(der: bytes) -> CertificatePins:
+    """Pins of a DER certificate, computed once per distinct certificate.
+
+    The proxy sees the same few intermediates and roots on every handshake, so the cache turns
+    the per-handshake cost into one dictionary lookup per certificate. Raises `ValueError` for
+    bytes that are not a certificate.
+    """
+    cert = x509.load_der_x509_certificate(der)
+    return CertificatePins(
+        spki=spki_pin(cert.public_key()),
+        certificate=Pin(PinKind.CERTIFICATE, hashlib.sha256(der).digest()),
+        subject=cert.subject.rfc4514_string() or "(empty subject)",
+        der=der,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class KeyMaterial:
+    """One certificate or bare public key found in a file, in file order."""
+
+    spki: Pin
+    certificate: CertificatePins | None  # None for a bare public or private key
+    label: str
+
+
+def read_pem_or_der(data: bytes, source: str) -> list[KeyMaterial]:
+    """Every certificate and key in a PEM bundle, or the one object of a DER file.
+
+    Private keys yield the pin of their public half, so a backup key can be pinned before it
+    has a certificate. Raises `PinError` naming `source` when nothing usable is found.
+    """
+    if b"-----BEGIN" in data:
+        found = [_pem_block(m.group(1).decode("ascii"), m.group(0), source) for m in
+                 _PEM_BLOCK.finditer(data)]
+        found = [item for item in found if item is not None]
+    else:
+        found = [_der_object(data, source)]
+    if not found:
+        raise PinError(f"{source}: no certificate or public key found")
+    return found
+
+
+def _pem_block(kind: str, block: bytes, source: str) -> KeyMaterial | None:
+    try:
+        match kind:
+            case "CERTIFICATE":
+                cert = x509.load_pem_x509_certificate(block)
+                return _from_certificate(cert.public_bytes(Encoding.DER))
+            case "PUBLIC KEY" | "RSA PUBLIC KEY":
+                return KeyMaterial(spki_pin(load_pem_public_key(block)), None, "public key")
+            case "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY":
+                key = load_pem_private_key(block, password=None)
+                return KeyMaterial(spki_pin(key.public_key()), None, "public key of private key")
+            case _:
+                return None
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
+        raise PinError(f"{source}: unreadable {kind} block: {e}") from None
+
+
+def _der_object(data: bytes, source: str) -> KeyMaterial:
+    try:
+        return _from_certificate(x509.load_der_x509_certificate(data).public_bytes(Encoding.DER))
+    except (ValueError, UnsupportedAlgorithm):
+        pass
+    try:
+        return KeyMaterial(spki_pin(load_der_public_key(data)), None, "public key")
+    except (ValueError, UnsupportedAlgorithm):
+        pass
+    try:
+        key = load_der_private_key(data, password=None)
+        return KeyMaterial(spki_pin(key.public_key()), None, "public key of private key")
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise PinError(
+            f"{source}: not a PEM or DER certificate, public key or private key"
+        ) from None
+
+
+def _from_certificate(der: bytes) -> KeyMaterial:
+    pins = certificate_pins(der)
+    return KeyMaterial(pins.spki, pins, pins.subject)

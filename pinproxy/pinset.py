@@ -1,0 +1,127 @@
+"""The immutable pinset: host rules and their O(1) lookup.
+
+A host is covered by at most one rule: an exact rule beats a `*.` wildcard (exactly one label,
+never the apex), which beats an `include_subdomains` rule (every name below; the nearest base
+wins). Lookup cost depends on the number of labels in the name, never on the size of the pinset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from enum import StrEnum
+
+from pinproxy.hostnames import is_ip_literal, parent_domains
+from pinproxy.pins import Pin
+
+__all__ = ["HostRule", "Location", "Mode", "Pinset", "Unpinned"]
+
+
+class Mode(StrEnum):
+    """What a failed check does: refuse the connection, or let it through and report."""
+
+    ENFORCE = "enforce"
+    REPORT = "report"
+
+
+class Unpinned(StrEnum):
+    """What happens to a host that no rule covers."""
+
+    ALLOW = "allow"
+    BLOCK = "block"
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a rule was written, for every message that names it."""
+
+    path: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+@dataclass(frozen=True, slots=True)
+class HostRule:
+    """The pins one host pattern must satisfy.
+
+    `host` is normalised; a wildcard is spelled `*.example.com`. `expires` is the last day (UTC)
+    on which the rule is enforced.
+    """
+
+    host: str
+    pins: frozenset[Pin]
+    location: Location
+    include_subdomains: bool = False
+    mode: Mode = Mode.ENFORCE
+    expires: date | None = None
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.host.startswith("*.")
+
+    @property
+    def base(self) -> str:
+        """The name the pattern hangs from: `example.com` for `*.example.com`."""
+        return self.host.removeprefix("*.")
+
+    def expired(self, today: date) -> bool:
+        return self.expires is not None and today > self.expires
+
+
+@dataclass(frozen=True, slots=True)
+class Pinset:
+    """Every host rule of one pinset file, indexed for lookup at construction."""
+
+    rules: tuple[HostRule, ...]
+    source: str
+    mode: Mode = Mode.ENFORCE
+    unpinned: Unpinned = Unpinned.ALLOW
+    _exact: dict[str, HostRule] = field(init=False, repr=False, compare=False)
+    _one_label: dict[str, HostRule] = field(init=False, repr=False, compare=False)
+    _apex_and_below: dict[str, HostRule] = field(init=False, repr=False, compare=False)
+    _strictly_below: dict[str, HostRule] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        exact: dict[str, HostRule] = {}
+        one_label: dict[str, HostRule] = {}
+        apex_and_below: dict[str, HostRule] = {}
+        strictly_below: dict[str, HostRule] = {}
+        for rule in self.rules:
+            if not rule.is_wildcard:
+                exact[rule.host] = rule
+                if rule.include_subdomains:
+                    apex_and_below[rule.host] = rule
+            elif rule.include_subdomains:
+                strictly_below[rule.base] = rule
+            else:
+                one_label[rule.base] = rule
+        object.__setattr__(self, "_exact", exact)
+        object.__setattr__(self, "_one_label", one_label)
+        object.__setattr__(self, "_apex_and_below", apex_and_below)
+        object.__setattr__(self, "_strictly_below", strictly_below)
+
+    @property
+    def pin_count(self) -> int:
+        return sum(len(rule.pins) for rule in self.rules)
+
+    def candidates(self, host: str) -> Iterator[HostRule]:
+        """Rules covering a normalised host, most specific first."""
+        if rule := self._exact.get(host):
+            yield rule
+        if (host[-1].isdigit() or ":" in host) and is_ip_literal(host):
+            return  # an IP address has no parent domains
+        parents = parent_domains(host)
+        if parents and (rule := self._one_label.get(parents[0])):
+            yield rule
+        for parent in parents:
+            if rule := self._strictly_below.get(parent):
+                yield rule
+            if rule := self._apex_and_below.get(parent):
+                yield rule
+
+    def covers(self, host: str) -> bool:
+        """True when some rule, expired or not, names this host."""
+        return next(self.candidates(host), None) is not None

@@ -1,0 +1,124 @@
+"""Every way a `Decision` is shown: the log line, the client's 502 page, the JSON report.
+
+One place, so the operator reads the same facts (host, reason, rule file:line, pins of the
+verified chain by position) in the log, in the client's error and in the report log.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pinproxy.pins import CertificatePins, PinKind
+from pinproxy.policy import Decision, Reason
+
+__all__ = ["ReportLog", "log_line", "refusal_page", "violation_record"]
+
+_EXPLANATIONS = {
+    Reason.PIN_MISMATCH: "no certificate of the verified chain has a pinned key",
+    Reason.NOT_PINNED: "the pinset blocks hosts that no rule covers (unpinned: block)",
+    Reason.PLAINTEXT: "plain http:// to a pinned host cannot be checked; use https://",
+    Reason.MISDIRECTED: "the request names a pinned host its connection was not checked for;"
+    " retry on a new connection",
+    Reason.CHAIN_NOT_VERIFIED: "the server's certificate chain did not verify",
+    Reason.INVALID_HOST: "the host name is not valid",
+    Reason.INTERNAL_ERROR: "the pin check failed with an error, so the connection was denied",
+    Reason.PIN_MATCHED: "a pinned key is in the verified chain",
+}
+
+
+def _rule_location(decision: Decision) -> str:
+    return str(decision.rule.location) if decision.rule else "-"
+
+
+def _observed(chain: Sequence[CertificatePins]) -> str:
+    return ",".join(f"{depth}:{cert.spki}" for depth, cert in enumerate(chain)) or "-"
+
+
+def log_line(decision: Decision, port: int | None = None) -> str:
+    """One stable `key=value` line, for a WARNING per refusal or report."""
+    fields = [
+        f"action={decision.action.value}",
+        f"host={decision.host or '-'}",
+        f"port={port if port is not None else '-'}",
+        f"reason={decision.reason.value}",
+        f"rule={_rule_location(decision)}",
+        f"mode={decision.rule.mode.value if decision.rule else '-'}",
+        f"observed={_observed(decision.chain)}",
+    ]
+    if decision.detail:
+        fields.append(f"detail={json.dumps(decision.detail)}")
+    return "pinproxy " + " ".join(fields)
+
+
+def refusal_page(decision: Decision) -> str:
+    """The body of the 502 a client gets: enough to fix the pinset from the error alone."""
+    lines = [
+        f"pinproxy refused the connection to {decision.host or '(no host)'}",
+        f"reason: {decision.reason.value}: {_EXPLANATIONS[decision.reason]}",
+    ]
+    if decision.detail:
+        lines.append(f"detail: {decision.detail}")
+    if decision.rule is not None:
+        lines.append(f"rule: {decision.rule.host} at {decision.rule.location}")
+        lines.append("pinned:")
+        lines.extend(f"  {pin}" for pin in sorted(map(str, decision.rule.pins)))
+    if decision.chain:
+        lines.append("verified chain (0 = leaf):")
+        for depth, cert in enumerate(decision.chain):
+            lines.append(f"  {depth}: {cert.spki}  {cert.subject}")
+            lines.append(f"     {cert.certificate}")
+    return "\n".join(lines) + "\n"
+
+
+def violation_record(
+    decision: Decision,
+    port: int | None,
+    served_chain: Sequence[CertificatePins],
+    now: dt.datetime,
+) -> dict[str, Any]:
+    """An RFC 7469 section 3 report, plus `mode`, `action`, `reason` and `rule`."""
+    rule = decision.rule
+    expiry = (
+        dt.datetime.combine(rule.expires, dt.time(23, 59, 59), dt.UTC).isoformat()
+        if rule is not None and rule.expires is not None else None
+    )
+    return {
+        "date-time": now.astimezone(dt.UTC).isoformat(timespec="seconds"),
+        "hostname": decision.host,
+        "port": port,
+        "effective-expiration-date": expiry,
+        "include-subdomains": rule.include_subdomains if rule else False,
+        "noted-hostname": rule.host if rule else None,
+        "served-certificate-chain": [cert.pem for cert in served_chain],
+        "validated-certificate-chain": [cert.pem for cert in decision.chain],
+        "known-pins": sorted(pin.hpkp if pin.kind is PinKind.SPKI else str(pin)
+                             for pin in (rule.pins if rule else ())),
+        "mode": rule.mode.value if rule else None,
+        "action": decision.action.value,
+        "reason": decision.reason.value,
+        "rule": str(rule.location) if rule else None,
+    }
+
+
+class ReportLog:
+    """Appends one JSON object per line; a line is written whole or not at all."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8")
+        with self._lock:
+            os.write(self._fd, line)
+
+    def close(self) -> None:
+        with self._lock:
+            os.close(self._fd)
