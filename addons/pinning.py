@@ -1,8 +1,9 @@
 """mitmdump entry: `mitmdump -s addons/pinning.py --set pinset=config/pins.yaml`.
 
-Prefer `pinproxy run`, which embeds the addon: mitmdump unloads a script whose reload fails
-and keeps serving without it. Here a bad pinset is logged as one error line (mitmdump exits
-on errors logged at start-up) and, later, leaves the previous pinset in force.
+Prefer `pinproxy run`, which embeds the addon. mitmdump serves on without a script that failed
+to (re)load; the addon then stops the proxy instead (see `Pinning.done`). A bad pinset is
+logged as one error line: mitmdump exits on errors logged at start-up, and later the previous
+pinset stays in force.
 """
 
 import logging
@@ -13,10 +14,12 @@ from mitmproxy import exceptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout too
 
-from pinproxy.addon import Pinning  # noqa: E402
+from pinproxy.addon import Pinning
 
 
 class ScriptPinning(Pinning):
+    """Logs a bad option as one line: mitmdump would print a traceback for the exception."""
+
     def configure(self, updated: set[str]) -> None:
         try:
             super().configure(updated)

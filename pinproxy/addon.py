@@ -10,20 +10,22 @@ See ../shared/DESIGN.md for the mitmproxy traps this avoids.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 from mitmproxy import connection, ctx, exceptions, http, tls
-from mitmproxy.addonmanager import Loader
-from mitmproxy.proxy import server_hooks
-from mitmproxy.proxy import commands, events, layer, layers
+from mitmproxy.addonmanager import Loader, traverse
+from mitmproxy.proxy import commands, events, layer, layers, server_hooks
 from mitmproxy.proxy.mode_specs import ProxyMode, RegularMode
 from OpenSSL import SSL, crypto
 
+from pinproxy._openssl import verify_error_text
 from pinproxy.errors import HostnameError, PinproxyError
 from pinproxy.hostnames import normalize_host
 from pinproxy.loader import load_pinset
@@ -76,6 +78,7 @@ class Pinning:
                           "Pinset YAML file whose pins every upstream TLS connection must satisfy.")
         loader.add_option("pinset_report_log", str, "",
                           "Append one JSON object per pin violation to this file.")
+        _check_soon_that_pinning_is_active()
 
     def configure(self, updated: set[str]) -> None:
         for name, why in _BYPASSES.items():
@@ -143,22 +146,25 @@ class Pinning:
     def done(self) -> None:
         if self._report_log is not None:
             self._report_log.close()
+        _check_soon_that_pinning_is_active()  # a script reload may have failed
 
     # -- the check -------------------------------------------------------------------------
 
     def tls_start_server(self, data: tls.TlsData) -> None:
         """Attach the pin check to this connection's certificate verification."""
-        server = data.conn
+        server = cast(connection.Server, data.conn)
         try:
             if data.ssl_conn is None:
                 # Loaded as a script we run before mitmproxy's own tlsconfig: let it build the
                 # connection first (it leaves an existing one alone), then add our check.
                 ctx.master.addons.get("tlsconfig").tls_start_server(data)
+            if data.ssl_conn is None:
+                raise RuntimeError("mitmproxy created no TLS connection to check")
             names = list(dict.fromkeys(n for n in (
                 server.sni, server.address[0] if server.address else None,
                 data.context.client.sni) if n))
             data.ssl_conn.set_verify(SSL.VERIFY_PEER, _HandshakeCheck(self, data, names))
-        except Exception as e:  # deny-on-error guard: no check attached means no handshake
+        except Exception as e:  # noqa: BLE001 - deny-on-error guard: no check, no handshake
             logger.error("pinproxy could not attach the pin check: %s; refusing", e)
             host = server.address[0] if server.address else ""
             self._refuse(data.context.client, server, refuse_on_error(host, e))
@@ -166,16 +172,16 @@ class Pinning:
 
     def tls_established_server(self, data: tls.TlsData) -> None:
         """A handshake that completed without our verdict (e.g. resumed) is treated as refused."""
-        if data.conn.id not in self._checked:
-            decision = Decision(Action.BLOCK, Reason.INTERNAL_ERROR,
-                                data.conn.sni or "", None,
+        server = cast(connection.Server, data.conn)
+        if server.id not in self._checked:
+            decision = Decision(Action.BLOCK, Reason.INTERNAL_ERROR, server.sni or "", None,
                                 detail="the upstream handshake completed without a pin check")
-            self._refuse(data.context.client, data.conn, decision)
+            self._refuse(data.context.client, server, decision)
 
     def on_verdict(self, data: tls.TlsData, decision: Decision,
                    served: Callable[[], list[CertificatePins]]) -> None:
         """Called by the verify callback with the decision for one handshake."""
-        server = data.conn
+        server = cast(connection.Server, data.conn)
         port = server.address[1] if server.address else None
         for rule in decision.expired:
             if rule.location not in self._expiry_noted:
@@ -220,7 +226,7 @@ class Pinning:
             return
         try:
             decision, status = self._request_decision(flow)
-        except Exception as e:  # deny-on-error guard: no decision means no request
+        except Exception as e:  # noqa: BLE001 - deny-on-error guard: no decision, no request
             logger.error("pinproxy request check failed: %s; refusing", e)
             decision, status = refuse_on_error(flow.request.host, e), 502
         if decision is None or decision.action is Action.ALLOW:
@@ -283,7 +289,7 @@ class Pinning:
                     self._write_report(refusal, port, list)
                 if refusal.allowed:
                     return
-        except Exception as e:  # deny-on-error guard: close rather than forward unchecked
+        except Exception as e:  # noqa: BLE001 - deny-on-error guard: close, never forward
             logger.error("pinproxy could not decide the tunnel layer: %s; closing it", e)
             refusal = refuse_on_error("", e)
         if refusal is not None:
@@ -294,6 +300,30 @@ class Pinning:
 
     def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
         self._checked.discard(data.server.id)
+
+
+def _check_soon_that_pinning_is_active() -> None:
+    """Shut the proxy down if, once loading settles, no `Pinning` addon is in the hook chain.
+
+    mitmproxy can leave an addon registered but out of the chain (a bad `--set` while a
+    script loads) or unload a script whose reload failed, and then keeps proxying: unpinned.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return  # no proxy running (unit tests drive hooks directly)
+    loop.call_soon(_require_active_pinning)
+
+
+def _require_active_pinning() -> None:
+    master = ctx.master
+    if master.should_exit.is_set():
+        return
+    if not any(isinstance(a, Pinning) for a in traverse(master.addons.chain)):
+        logger.error("pinproxy is not active (mitmproxy did not finish loading it; check the "
+                     "options and the addon script): shutting down rather than proxying "
+                     "without pin checks")
+        raise SystemExit(1)  # stop serving now, and tell the supervisor it failed
 
 
 class _HandshakeCheck:
@@ -320,7 +350,7 @@ class _HandshakeCheck:
             if not ok:
                 self._verdict(conn, Decision(
                     Action.BLOCK, Reason.CHAIN_NOT_VERIFIED, self.names[0] if self.names else "",
-                    None, self._chain(), detail=_verify_error(errno, depth)))
+                    None, tuple(self._chain()), detail=_verify_error(errno, depth)))
                 return False
             if depth > 0:
                 return True
@@ -329,11 +359,11 @@ class _HandshakeCheck:
                         else _no_pinset(self.names[0] if self.names else ""))
             self._verdict(conn, decision)
             return decision.allowed
-        except Exception as e:  # deny-on-error guard: an error in the check fails the handshake
+        except Exception as e:  # noqa: BLE001 - deny-on-error guard: an error fails the handshake
             logger.error("pinproxy pin check failed: %s; refusing", e)
             try:
                 self._verdict(conn, refuse_on_error(self.names[0] if self.names else "", e))
-            except Exception:  # noqa: BLE001 - already refusing; reporting must not undo that
+            except Exception:  # already refusing; reporting must not undo that
                 logger.exception("pinproxy could not record a refusal")
             return False
 
@@ -351,9 +381,7 @@ def _served_chain(conn: SSL.Connection) -> list[CertificatePins]:
 
 
 def _verify_error(errno: int, depth: int) -> str:
-    # pyOpenSSL has no public call for this string; mitmproxy uses the same binding.
-    message = SSL._ffi.string(SSL._lib.X509_verify_cert_error_string(errno)).decode()
-    return f"OpenSSL rejected the certificate at depth {depth}: {message}"
+    return f"OpenSSL rejected the certificate at depth {depth}: {verify_error_text(errno)}"
 
 
 def _no_pinset(host: str) -> Decision:

@@ -10,36 +10,45 @@ import ipaddress
 import re
 from functools import lru_cache
 
+import idna
+
 from pinproxy.errors import HostnameError
 
 __all__ = ["normalize_host", "parent_domains"]
 
-_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
 
 
 @lru_cache(maxsize=65536)
 def normalize_host(name: str) -> str:
     """Canonical form of a DNS name or IP literal; raises `HostnameError` when it is neither.
 
-    Lowercase, IDNA A-labels, no trailing dot; IP literals in their compressed form. Cached
-    because the proxy normalises the same few names on every connection.
+    Lowercase, IDNA 2008 A-labels (UTS 46 mapping, as curl and browsers send them), no trailing
+    dot; IP literals in their compressed form, IPv4-mapped IPv6 as IPv4. Cached because the
+    proxy normalises the same few names on every connection.
     """
     text = name.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
+    bracketed = text.startswith("[") and text.endswith("]")
     try:
-        return str(ipaddress.ip_address(text))
+        address = ipaddress.ip_address(text[1:-1] if bracketed else text)
     except ValueError:
-        pass
+        if bracketed:
+            raise HostnameError(f"host {name!r}: only IPv6 addresses go in brackets") from None
+    else:
+        mapped = getattr(address, "ipv4_mapped", None)
+        return str(mapped or address)
     text = text.removesuffix(".").lower()
     if not text.isascii():
         try:
-            text = text.encode("idna").decode("ascii")
-        except UnicodeError:
+            text = idna.encode(text, uts46=True).decode("ascii")
+        except idna.IDNAError:
             raise HostnameError(f"host {name!r} is not a valid internationalised name") from None
     labels = text.split(".")
-    if len(text) > 253 or not all(_LABEL.match(label) for label in labels):
+    if len(text) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
         raise HostnameError(f"host {name!r} is not a valid host name or IP address")
+    if labels[-1].isdigit():  # 127.1 or 010.0.0.1: resolvers read these as IPv4 addresses
+        raise HostnameError(f"host {name!r} is neither a DNS name nor an IP address in "
+                            "dotted-quad form")
     return text
 
 

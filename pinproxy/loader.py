@@ -81,7 +81,8 @@ class _Parser:
             self.problem(1, "the pinset is empty: it needs 'version: 1' and a 'hosts:' list")
             return None
         if len(documents) > 1:
-            self.problem(documents[1], "a pinset is one YAML document; remove the second '---'")
+            self.problem(documents[1], "a pinset is one YAML document, and a second one "
+                                       "starts here; remove it and its '---'")
             return None
         return documents[0]
 
@@ -92,10 +93,12 @@ class _Parser:
         if fields is None:
             return None
         version = fields.get("version")
-        if version is not None and self._scalar(version, _INT, "'version'") is not None:
-            if int(version.value) not in SUPPORTED_VERSIONS:
-                self.problem(version, f"unsupported pinset version {version.value!r}: "
-                                      "this pinproxy reads version 1")
+        text = self._scalar(version, _INT, "'version'") if version is not None else None
+        if version is not None and text is not None and (
+            not text.isdigit() or int(text) not in SUPPORTED_VERSIONS
+        ):
+            self.problem(version, f"unsupported pinset version {text!r}: "
+                                  "this pinproxy reads version 1")
         mode = self._choice(fields.get("mode"), "'mode'", Mode, Mode.ENFORCE)
         unpinned = self._choice(fields.get("unpinned"), "'unpinned'", Unpinned, Unpinned.ALLOW)
         rules = self._rules(fields.get("hosts"), mode or Mode.ENFORCE)
@@ -133,7 +136,7 @@ class _Parser:
         )
         host = self._host(fields.get("host"), bool(include_subdomains))
         pins = self._pins(fields.get("pins"), host or "this host")
-        expires = self._date(fields.get("expires")) if "expires" in fields else None
+        expires = self._date(fields["expires"]) if "expires" in fields else None
         mode = self._choice(fields.get("mode"), "'mode'", Mode, default_mode)
         if host is None or pins is None or include_subdomains is None or mode is None:
             return None
@@ -201,21 +204,25 @@ class _Parser:
             self.problem(node, str(e))
             return None
 
-    def _date(self, node: Node | None) -> dt.date | None:
+    def _date(self, node: Node) -> dt.date | None:
+        if not self._first_visit(node):
+            return None
         if isinstance(node, ScalarNode) and node.tag in (_TIMESTAMP, _STR):
             try:
                 return dt.date.fromisoformat(node.value)
             except ValueError:
                 pass
         shown = node.value if isinstance(node, ScalarNode) else _kind(node)
-        self.problem(node or 1, f"'expires' must be a date written YYYY-MM-DD, not {shown!r}")
+        self.problem(node, f"'expires' must be a date written YYYY-MM-DD, not {shown!r}")
         return None
 
     def _boolean(self, node: Node, what: str) -> bool | None:
+        if not self._first_visit(node):
+            return None
         if isinstance(node, ScalarNode) and node.tag == _BOOL and node.value.lower() in (
             "true", "false"
         ):
-            return node.value.lower() == "true"
+            return str(node.value).lower() == "true"
         shown = node.value if isinstance(node, ScalarNode) else _kind(node)
         self.problem(node, f"{what} must be true or false, not {shown!r}")
         return None
@@ -246,18 +253,21 @@ class _Parser:
             self.problem(node, f"{what} must be a mapping of keys, not {_kind(node)}")
             return None
         fields: dict[str, Node] = {}
+        key_lines: dict[str, int] = {}
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, ScalarNode) else None
             if not isinstance(key, str) or key_node.tag != _STR:
                 self.problem(key_node, f"{what} has a key that is not a name: {key!r}")
-            elif key in fields:
+            elif key in key_lines:
                 self.problem(key_node, f"duplicate key {key!r} in {what} "
-                                       f"(first at line {_line(fields[key])})")
+                                       f"(first at line {key_lines[key]})")
             elif key not in keys:
                 self.problem(key_node, f"unknown key {key!r} in {what}; "
                                        f"expected {', '.join(sorted(keys))}")
             else:
                 fields[key] = value_node
+            if isinstance(key, str):
+                key_lines.setdefault(key, _line(key_node))
         for key in required:
             if key not in fields and not any(
                 isinstance(k, ScalarNode) and k.value == key for k, _ in node.value

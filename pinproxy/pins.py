@@ -42,7 +42,9 @@ __all__ = [
 ]
 
 DIGEST_SIZE = 32
-_HPKP = re.compile(r'^pin-sha256\s*=\s*"?([^"]*)"?$', re.IGNORECASE)
+_HPKP = re.compile(r'^pin-sha256\s*=\s*("?)([^"]*)\1$', re.IGNORECASE)
+_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
+_HEXISH = re.compile(r"[0-9a-fA-F:]+")
 _HEX = re.compile(r"^[0-9a-fA-F]{2}(:?[0-9a-fA-F]{2}){31}$")
 _PEM_BLOCK = re.compile(
     rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL
@@ -80,19 +82,26 @@ def parse_pin(text: str) -> Pin:
     """
     value = text.strip()
     if hpkp := _HPKP.match(value):
-        return Pin(PinKind.SPKI, _decode_base64(hpkp.group(1), text))
+        return Pin(PinKind.SPKI, _decode_base64(hpkp.group(2), text))
     prefix, slash, body = value.partition("/")
-    if not slash:
+    if not slash or not _PREFIX.fullmatch(prefix):
         raise PinError(
             f"pin {text!r} has no prefix: write 'sha256/<base64>' for a public-key (SPKI) pin "
             "or 'cert-sha256/<base64>' for a whole-certificate pin"
         )
     match prefix.lower():
         case "sha256":
-            return Pin(PinKind.SPKI, _decode_base64(body.removeprefix("/"), text))
+            # curl writes `sha256//<b64>`; base64 may itself start with "/", but a 32-byte
+            # digest is always 44 characters, so the length tells the two apart.
+            if len(body) == 45 and body.startswith("/"):
+                body = body[1:]
+            return Pin(PinKind.SPKI, _decode_base64(body, text))
         case "cert-sha256":
             if _HEX.match(body):
                 return Pin(PinKind.CERTIFICATE, bytes.fromhex(body.replace(":", "")))
+            if _HEXISH.fullmatch(body) and len(body) != 44:
+                raise PinError(f"pin {text!r} is not the hex of a 32-byte SHA-256 digest "
+                               "(64 hex digits, colons allowed)")
             return Pin(PinKind.CERTIFICATE, _decode_base64(body, text))
         case _:
             raise PinError(
@@ -166,9 +175,9 @@ def read_pem_or_der(data: bytes, source: str) -> list[KeyMaterial]:
     has a certificate. Raises `PinError` naming `source` when nothing usable is found.
     """
     if b"-----BEGIN" in data:
-        found = [_pem_block(m.group(1).decode("ascii"), m.group(0), source) for m in
-                 _PEM_BLOCK.finditer(data)]
-        found = [item for item in found if item is not None]
+        blocks = (_pem_block(m.group(1).decode("ascii"), m.group(0), source)
+                  for m in _PEM_BLOCK.finditer(data))
+        found = [item for item in blocks if item is not None]
     else:
         found = [_der_object(data, source)]
     if not found:

@@ -109,6 +109,8 @@ class Pinset:
 
     def candidates(self, host: str) -> Iterator[HostRule]:
         """Rules covering a normalised host, most specific first."""
+        if not host:
+            return
         if rule := self._exact.get(host):
             yield rule
         if (host[-1].isdigit() or ":" in host) and is_ip_literal(host):

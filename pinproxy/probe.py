@@ -6,13 +6,13 @@ to show what the server sent (extra or missing certificates).
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from dataclasses import dataclass
 
 import certifi
 from OpenSSL import SSL, crypto
 
+from pinproxy._openssl import expect_name, verify_error_text
 from pinproxy.errors import PinproxyError
 from pinproxy.pins import CertificatePins, certificate_pins
 
@@ -44,13 +44,12 @@ def _handshake(sock: socket.socket, name: str, ca_file: str) -> ProbeResult:
 
     def remember(_c: SSL.Connection, _x: crypto.X509, errno: int, depth: int, ok: int) -> bool:
         if not ok:
-            text = SSL._ffi.string(SSL._lib.X509_verify_cert_error_string(errno)).decode()
-            errors.append(f"certificate at depth {depth}: {text}")
+            errors.append(f"certificate at depth {depth}: {verify_error_text(errno)}")
         return True  # finish the handshake so the served chain can be shown; verdict kept above
 
     context.set_verify(SSL.VERIFY_PEER, remember)
     conn = SSL.Connection(context, sock)
-    _expect_name(conn, name)
+    expect_name(conn, name)
     conn.set_connect_state()
     try:
         conn.do_handshake()
@@ -60,19 +59,6 @@ def _handshake(sock: socket.socket, name: str, ca_file: str) -> ProbeResult:
     verified = () if errors else tuple(_pins(conn.get_verified_chain() or []))
     conn.shutdown()
     return ProbeResult(served, verified, "; ".join(errors) or None)
-
-
-def _expect_name(conn: SSL.Connection, name: str) -> None:
-    """Send SNI and make OpenSSL check the name, as mitmproxy does upstream."""
-    param = SSL._lib.SSL_get0_param(conn._ssl)
-    try:
-        ip = ipaddress.ip_address(name).packed
-    except ValueError:
-        encoded = name.encode("idna")
-        conn.set_tlsext_host_name(encoded)
-        SSL._lib.X509_VERIFY_PARAM_set1_host(param, encoded, len(encoded))
-    else:
-        SSL._lib.X509_VERIFY_PARAM_set1_ip(param, ip, len(ip))
 
 
 def _pins(chain: list[crypto.X509]) -> list[CertificatePins]:

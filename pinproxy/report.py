@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from pinproxy.policy import Decision, Reason
 
 __all__ = ["ReportLog", "log_line", "refusal_page", "violation_record"]
 
+_BARE = re.compile(r"[\w.:/*\[\]-]+")
 _EXPLANATIONS = {
     Reason.PIN_MISMATCH: "no certificate of the verified chain has a pinned key",
     Reason.NOT_PINNED: "the pinset blocks hosts that no rule covers (unpinned: block)",
@@ -40,14 +42,19 @@ def _observed(chain: Sequence[CertificatePins]) -> str:
     return ",".join(f"{depth}:{cert.spki}" for depth, cert in enumerate(chain)) or "-"
 
 
+def _value(text: str) -> str:
+    """A log field value: bare when safe, else JSON-quoted, so one record stays one line."""
+    return text if _BARE.fullmatch(text) else json.dumps(text)
+
+
 def log_line(decision: Decision, port: int | None = None) -> str:
     """One stable `key=value` line, for a WARNING per refusal or report."""
     fields = [
         f"action={decision.action.value}",
-        f"host={decision.host or '-'}",
+        f"host={_value(decision.host or '-')}",
         f"port={port if port is not None else '-'}",
         f"reason={decision.reason.value}",
-        f"rule={_rule_location(decision)}",
+        f"rule={_value(_rule_location(decision))}",
         f"mode={decision.rule.mode.value if decision.rule else '-'}",
         f"observed={_observed(decision.chain)}",
     ]

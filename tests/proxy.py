@@ -96,9 +96,9 @@ def pinproxy_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "pinproxy", *args]
 
 
-def mitmdump_command(*args: str) -> list[str]:
+def mitmdump_command(*args: str, script: Path = REPO / "addons" / "pinning.py") -> list[str]:
     mitmdump = Path(sys.executable).parent / "mitmdump"
-    return [str(mitmdump), "-s", str(REPO / "addons" / "pinning.py"), *args]
+    return [str(mitmdump), "-s", str(script), *args]
 
 
 def start(command: list[str], confdir: Path, cwd: Path = REPO, timeout: float = 30.0,

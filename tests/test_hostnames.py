@@ -1,0 +1,119 @@
+"""Tests of `pinproxy.hostnames`: one canonical spelling per host, and clear refusals.
+
+A pinned name must compare equal however a client spells it; every accepted spelling below has
+a rejected twin that differs in the one property under test.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pinproxy.errors import HostnameError
+from pinproxy.hostnames import is_ip_literal, normalize_host, parent_domains
+
+LABEL_63 = "a" * 63
+LABEL_64 = "a" * 64
+NAME_253 = ".".join(["a" * 49] * 5) + ".abc"  # 5 * 50 + 3 = 253 characters
+assert len(NAME_253) == 253
+
+
+@pytest.mark.parametrize(("name", "canonical"), [
+    ("example.com", "example.com"),
+    ("Example.COM", "example.com"),
+    ("example.com.", "example.com"),
+    ("EXAMPLE.com.", "example.com"),
+    ("  example.com  ", "example.com"),
+    ("bücher.example", "xn--bcher-kva.example"),
+    ("BÜCHER.example", "xn--bcher-kva.example"),
+    ("bücher.example.", "xn--bcher-kva.example"),
+    ("bücher\u3002example", "xn--bcher-kva.example"),  # ideographic full stop is a dot in IDNA
+    ("xn--bcher-kva.example", "xn--bcher-kva.example"),
+    ("XN--BCHER-KVA.example", "xn--bcher-kva.example"),
+    ("_acme-challenge.example", "_acme-challenge.example"),
+    ("a-b.example", "a-b.example"),
+    (f"{LABEL_63}.example", f"{LABEL_63}.example"),
+    (NAME_253, NAME_253),
+    ("localhost", "localhost"),
+    ("127.0.0.1", "127.0.0.1"),
+    ("[127.0.0.1]", "127.0.0.1"),
+    ("::1", "::1"),
+    ("[::1]", "::1"),
+    ("0:0:0:0:0:0:0:1", "::1"),
+    ("[0:0:0:0:0:0:0:1]", "::1"),
+    ("2001:DB8:0:0:0:0:0:1", "2001:db8::1"),
+    ("[2001:db8::0:1]", "2001:db8::1"),
+    ("2001:0db8:0000:0000:0000:0000:0000:0001", "2001:db8::1"),
+], ids=repr)
+def test_normalize_host(name: str, canonical: str) -> None:
+    assert normalize_host(name) == canonical
+    assert normalize_host(canonical) == canonical  # idempotent
+
+
+@pytest.mark.parametrize("name", [
+    "",
+    ".",
+    " ",
+    "exa mple.com",
+    "example.com ..",
+    f"{LABEL_64}.example",
+    f"bü{LABEL_64}.example",
+    NAME_253 + "d",
+    "-bad.example",
+    "bad-.example",
+    "a..b",
+    ".example.com",
+    "example.com..",
+    "example.com:443",
+    "user@example.com",
+    "example.com/path",
+    "*.example.com",
+    "[::1",
+    "2001:db8::1::2",
+    "a\n.example",
+    "exa\x00mple.com",
+], ids=repr)
+def test_normalize_host_rejects_and_names_the_host(name: str) -> None:
+    with pytest.raises(HostnameError) as e:
+        normalize_host(name)
+    assert repr(name) in str(e.value)
+
+
+@pytest.mark.parametrize(("host", "is_ip"), [
+    ("127.0.0.1", True),
+    ("10.1.2.3", True),
+    ("::1", True),
+    ("2001:db8::1", True),
+    ("example.com", False),
+    ("1.example", False),
+    ("example.123", False),
+    ("[::1]", False),  # is_ip_literal takes normalised hosts only
+    ("", False),
+])
+def test_is_ip_literal(host: str, is_ip: bool) -> None:
+    assert is_ip_literal(host) is is_ip
+
+
+@pytest.mark.parametrize(("host", "parents"), [
+    ("a.b.example.com", ["b.example.com", "example.com", "com"]),
+    ("example.com", ["com"]),
+    ("com", []),
+])
+def test_parent_domains_are_strict_and_nearest_first(host: str, parents: list[str]) -> None:
+    assert parent_domains(host) == parents
+    assert host not in parent_domains(host)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("faß.de", "xn--fa-hia.de"),                # IDNA 2008, as curl and browsers send it
+    ("[::ffff:1.2.3.4]", "1.2.3.4"),            # IPv4-mapped IPv6 is the IPv4 address
+    ("::ffff:1.2.3.4", "1.2.3.4"),
+])
+def test_normalize_host_matches_what_clients_send(raw: str, expected: str) -> None:
+    assert normalize_host(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["127.1", "010.0.0.1", "0x7f.0.0.1", "[example.com]", "1.2.3"])
+def test_normalize_host_refuses_ambiguous_addresses(raw: str) -> None:
+    """Resolvers read 127.1 as 127.0.0.1: as a "name" it would dodge an IP rule."""
+    with pytest.raises(HostnameError):
+        normalize_host(raw)
