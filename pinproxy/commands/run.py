@@ -1,0 +1,92 @@
+"""`pinproxy run`: the proxy, embedding mitmproxy with the pinning addon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pinproxy.commands._args import port
+from pinproxy.errors import PinproxyError
+from pinproxy.pins import read_pem_or_der
+
+if TYPE_CHECKING:
+    from pinproxy.addon import Pinning
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser("run", help="start the proxy")
+    parser.add_argument("--pinset", default="config/pins.yaml", metavar="PATH",
+                        help="pinset YAML (default: %(default)s)")
+    parser.add_argument("--listen-host", default="127.0.0.1", help="default: %(default)s")
+    parser.add_argument("--listen-port", type=port, default=8080, help="default: %(default)s")
+    parser.add_argument("--confdir", default="~/.mitmproxy", metavar="DIR",
+                        help="directory of the proxy's CA (default: %(default)s)")
+    parser.add_argument("--upstream-ca", metavar="PEM",
+                        help="trust only these CA certificates upstream "
+                             "(replaces the default bundle)")
+    parser.add_argument("--report-log", metavar="PATH",
+                        help="append one JSON object per pin violation to this file")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log every allowed connection")
+    parser.set_defaults(command=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.upstream_ca:
+        try:
+            read_pem_or_der(Path(args.upstream_ca).read_bytes(), args.upstream_ca)
+        except OSError as e:
+            raise PinproxyError(f"--upstream-ca {args.upstream_ca}: {e.strerror or e}") from None
+    return asyncio.run(_serve(args))
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from mitmproxy import exceptions, options
+    from mitmproxy.tools.dump import DumpMaster
+
+    from pinproxy.addon import Pinning
+
+    logging.getLogger("pinproxy").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    opts = options.Options()
+    master = DumpMaster(opts, with_termlog=True, with_dumper=False)
+    addon = Pinning()
+    master.addons.add(addon)
+    try:
+        # Set every option in one update, after all addons are added: each addon's configure
+        # then sees the final values together (and ours can refuse a bypassing combination).
+        opts.update(
+            listen_host=args.listen_host,
+            listen_port=args.listen_port,
+            confdir=args.confdir,
+            mode=["regular"],
+            connection_strategy="eager",
+            http3=False,
+            ssl_verify_upstream_trusted_ca=args.upstream_ca,
+            termlog_verbosity="debug" if args.verbose else "info",
+            pinset=args.pinset,
+            pinset_report_log=args.report_log or "",
+        )
+    except exceptions.OptionsError as e:
+        if isinstance(e.__cause__, PinproxyError):
+            raise e.__cause__ from None
+        raise PinproxyError(str(e)) from None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, master.shutdown)
+    loop.add_signal_handler(signal.SIGHUP, _reload, addon)
+    await master.run()
+    return 0
+
+
+def _reload(addon: Pinning) -> None:
+    """SIGHUP: read the pinset file again; a bad file is logged and the old pinset stays."""
+    from mitmproxy import exceptions
+
+    try:
+        addon.reload()
+    except exceptions.OptionsError as e:
+        logging.getLogger("pinproxy.addon").error("pinproxy pinset reload failed: %s", e)

@@ -1,0 +1,87 @@
+"""Pinset YAML out: what `init`, `import` and `pin --format yaml` print.
+
+Written by hand rather than by a YAML dumper so the output keeps the shape of the shipped
+example (one rule per block, comments naming each pin's certificate) and reads back through
+`loader.parse_pinset` unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+
+from pinproxy.pins import Pin
+from pinproxy.pinset import HostRule, Mode, Pinset, Unpinned
+
+__all__ = ["PinLine", "RuleText", "render_loaded", "render_pinset", "render_rules", "rule_text"]
+
+
+@dataclass(frozen=True, slots=True)
+class PinLine:
+    """A pin and what it is (`# leaf: CN=api.example.com`), for a person reading the YAML."""
+
+    pin: Pin | str  # a string for placeholders the operator must replace
+    comment: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RuleText:
+    host: str
+    pins: tuple[PinLine, ...]
+    include_subdomains: bool = False
+    expires: date | None = None
+    mode: Mode | None = None  # None: the pinset's mode
+    notes: tuple[str, ...] = field(default=())  # comment lines written above the rule
+
+
+def rule_text(rule: HostRule, default_mode: Mode = Mode.ENFORCE) -> RuleText:
+    """A loaded rule as text, pins in a stable order."""
+    return RuleText(
+        host=rule.host,
+        pins=tuple(PinLine(pin) for pin in sorted(rule.pins, key=str)),
+        include_subdomains=rule.include_subdomains,
+        expires=rule.expires,
+        mode=rule.mode if rule.mode is not default_mode else None,
+    )
+
+
+def render_rules(rules: Iterable[RuleText], indent: str = "  ") -> str:
+    """The items of a `hosts:` list."""
+    out: list[str] = []
+    for rule in rules:
+        out.extend(f"{indent}# {note}" for note in rule.notes)
+        out.append(f"{indent}- host: {_quoted(rule.host)}")
+        if rule.include_subdomains:
+            out.append(f"{indent}  include_subdomains: true")
+        if rule.mode is not None:
+            out.append(f"{indent}  mode: {rule.mode.value}")
+        if rule.expires is not None:
+            out.append(f"{indent}  expires: {rule.expires.isoformat()}")
+        out.append(f"{indent}  pins:")
+        for line in rule.pins:
+            comment = f"  # {line.comment}" if line.comment else ""
+            out.append(f"{indent}    - {_quoted(str(line.pin))}{comment}")
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def render_pinset(rules: Sequence[RuleText], mode: Mode = Mode.ENFORCE,
+                  unpinned: Unpinned = Unpinned.ALLOW, header: Sequence[str] = ()) -> str:
+    """A whole version-1 pinset file."""
+    lines = [f"# {line}" if line else "#" for line in header]
+    lines += ["version: 1", f"mode: {mode.value}", f"unpinned: {unpinned.value}"]
+    body = render_rules(rules)
+    lines.append("hosts:" if body else "hosts: []")
+    return "\n".join(lines) + "\n" + body
+
+
+def render_loaded(pinset: Pinset, header: Sequence[str] = ()) -> str:
+    """A loaded pinset written back out (comments are not kept)."""
+    return render_pinset([rule_text(r, pinset.mode) for r in pinset.rules], pinset.mode,
+                         pinset.unpinned, header)
+
+
+def _quoted(text: str) -> str:
+    """A YAML double-quoted scalar (JSON's string syntax is a subset of YAML's)."""
+    return json.dumps(text)
