@@ -4,8 +4,17 @@
 A command raises `PinproxyError` for a user error; `pinproxy.cli` prints it as one line.
 """
 
-from pinproxy.commands import check, pin, run
+from pinproxy.commands import (
+    backup_key,
+    check,
+    exporting,
+    importing,
+    init,
+    pin,
+    run,
+    schema,
+)
 
-COMMANDS = (run, pin, check)
+COMMANDS = (run, pin, check, init, backup_key, importing, exporting, schema)
 
 __all__ = ["COMMANDS"]

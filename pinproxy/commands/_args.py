@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 from pinproxy.errors import PinproxyError
 
-__all__ = ["host_port", "port"]
+__all__ = ["ConnectTo", "connect_to", "host_port", "port"]
 
 
 def port(text: str) -> int:
@@ -32,3 +33,46 @@ def host_port(target: str, default_port: int = 443) -> tuple[str, int]:
     if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise PinproxyError(f"{target!r} is not HOST[:PORT]")
     return host, int(port_text)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectTo:
+    """curl's `--connect-to HOST:PORT:ADDR:PORT`: reach host:port at addr:addr_port instead.
+
+    An empty HOST or PORT matches any; an empty ADDR or PORT keeps the original.
+    """
+
+    host: str
+    port: int | None
+    address: str
+    address_port: int | None
+
+    def applies(self, host: str, port: int) -> bool:
+        return (not self.host or self.host.lower() == host.lower()) and (
+            self.port is None or self.port == port)
+
+    def target(self, host: str, port: int) -> tuple[str, int]:
+        return (self.address or host, self.address_port or port)
+
+
+def connect_to(text: str) -> ConnectTo:
+    """Parse `HOST:PORT:ADDR:PORT` (IPv6 addresses in brackets), as curl does."""
+    parts = _split_colons(text)
+    if len(parts) != 4 or not all(p == "" or p.isdigit() for p in (parts[1], parts[3])):
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT:ADDR:PORT")
+    host, port_text, address, address_port = parts
+    return ConnectTo(host.strip("[]"), int(port_text) if port_text else None,
+                     address.strip("[]"), int(address_port) if address_port else None)
+
+
+def _split_colons(text: str) -> list[str]:
+    parts, current, depth = [], "", 0
+    for char in text:
+        if char == ":" and depth == 0:
+            parts.append(current)
+            current = ""
+            continue
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        current += char
+    parts.append(current)
+    return parts
