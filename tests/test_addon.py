@@ -1,0 +1,147 @@
+"""The addon's hooks, driven directly with mitmproxy's test helpers (as its own addon tests do).
+
+The end-to-end tests prove the behaviour with real traffic; these reach the paths real traffic
+cannot: errors inside the check, a handshake that completes without a verdict, options.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mitmproxy import exceptions, tls
+from mitmproxy.proxy.context import Context
+from mitmproxy.test import taddons, tflow
+from OpenSSL import SSL, crypto
+
+from pinproxy.addon import Pinning, _HandshakeCheck
+from pinproxy.pins import certificate_pins
+from pinproxy.pinset import Pinset
+from tests import certs
+
+
+def pinset_file(tmp_path: Path, pin: str, unpinned: str = "allow") -> Path:
+    path = tmp_path / "pins.yaml"
+    path.write_text(f"version: 1\nunpinned: {unpinned}\nhosts:\n"
+                    f"  - host: api.example\n    pins: [\"{pin}\"]\n")
+    return path
+
+
+def root_pin() -> str:
+    return str(certificate_pins(certs.der_of(certs.pki().root_pem)).spki)
+
+
+def x509(pem: bytes) -> crypto.X509:
+    return crypto.load_certificate(crypto.FILETYPE_PEM, pem)
+
+
+def tls_data(tctx: taddons.context, sni: str = "api.example") -> tls.TlsData:
+    client = tflow.tclient_conn()
+    client.sni = sni
+    server = tflow.tserver_conn()
+    server.address = (sni, 443)
+    server.sni = sni
+    return tls.TlsData(conn=server, context=Context(client, tctx.options))
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("ssl_insecure", True, "refuses 'ssl_insecure'"),
+    ("ignore_hosts", [".*"], "refuses 'ignore_hosts'"),
+    ("allow_hosts", ["example.com"], "refuses 'allow_hosts'"),
+    ("mode", ["transparent"], "supports only the regular"),
+])
+def test_bypassing_options_are_refused(tmp_path: Path, option: str, value: object,
+                                       message: str) -> None:
+    addon = Pinning()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, pinset=str(pinset_file(tmp_path, root_pin())))
+        with pytest.raises(exceptions.OptionsError, match=message):
+            tctx.configure(addon, **{option: value})
+
+
+def test_bad_pinset_is_refused_and_the_old_one_stays(tmp_path: Path) -> None:
+    addon = Pinning()
+    good = pinset_file(tmp_path, root_pin())
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, pinset=str(good))
+        loaded = addon.pinset
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("version: 1\nhosts: [\n")
+        with pytest.raises(exceptions.OptionsError, match="previous pinset stays in force"):
+            tctx.configure(addon, pinset=str(bad))
+        assert addon.pinset is loaded
+
+
+def test_verify_callback_keeps_openssls_verdict(tmp_path: Path) -> None:
+    pki = certs.pki()
+    addon = Pinning()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, pinset=str(pinset_file(tmp_path, root_pin())))
+        data = tls_data(tctx)
+        check = _HandshakeCheck(addon, data, ["api.example"])
+        root, leaf = x509(pki.root_pem), x509(pki.leaf_pem)
+        assert check(SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD)), root, 0, 1, 1)
+        # OpenSSL says no at depth 0: refused, even though the root is pinned
+        assert not check(SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD)), leaf, 62, 0, 0)
+        refusal = addon._refusals[data.context.client.id][data.conn.id]
+        assert refusal.reason == "chain-not-verified" and "hostname mismatch" in refusal.detail
+
+
+def test_verify_callback_allows_a_pinned_chain_and_refuses_another(tmp_path: Path) -> None:
+    pki = certs.pki()
+    addon = Pinning()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, pinset=str(pinset_file(tmp_path, root_pin())))
+        rogue = certs.pki("rogue")
+        for root_pem, leaf_pem, allowed in ((pki.root_pem, pki.leaf_pem, True),
+                                            (rogue.root_pem, rogue.leaf_pem, False)):
+            data = tls_data(tctx)
+            check = _HandshakeCheck(addon, data, ["api.example"])
+            conn = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD))
+            assert check(conn, x509(root_pem), 0, 1, 1)
+            assert check(conn, x509(leaf_pem), 0, 0, 1) is allowed
+            assert (data.conn.id in addon._checked) is allowed
+
+
+def test_an_error_inside_the_check_refuses(tmp_path: Path) -> None:
+    pki = certs.pki()
+    addon = Pinning()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, pinset=str(pinset_file(tmp_path, root_pin())))
+
+        class BrokenPinset(Pinset):
+            def candidates(self, host: str):  # type: ignore[no-untyped-def, override]
+                raise RuntimeError("boom")
+
+        assert addon.pinset is not None
+        addon.pinset = BrokenPinset(addon.pinset.rules, addon.pinset.source)
+        data = tls_data(tctx)
+        check = _HandshakeCheck(addon, data, ["api.example"])
+        conn = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD))
+        assert not check(conn, x509(pki.leaf_pem), 0, 0, 1)
+        refusal = addon._refusals[data.context.client.id][data.conn.id]
+        assert refusal.reason == "internal-error" and "boom" in refusal.detail
+
+
+def test_a_handshake_without_a_verdict_is_refused(tmp_path: Path) -> None:
+    addon = Pinning()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, pinset=str(pinset_file(tmp_path, root_pin())))
+        data = tls_data(tctx)
+        addon.tls_established_server(data)  # e.g. a resumed session: no verify callback ran
+        flow = tflow.tflow()
+        flow.client_conn, flow.server_conn = data.context.client, data.conn
+        addon.requestheaders(flow)
+        assert flow.response is not None and flow.response.status_code == 502
+        assert b"without a pin check" in flow.response.content
+
+
+def test_no_ssl_connection_means_a_failing_one(tmp_path: Path) -> None:
+    addon = Pinning()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, pinset=str(pinset_file(tmp_path, root_pin())))
+        data = tls_data(tctx)
+        data.conn.address = None  # tlsconfig cannot build a connection without an address
+        addon.tls_start_server(data)
+        assert data.ssl_conn is not None  # a connection whose handshake can only fail
+        assert addon._refusals[data.context.client.id][data.conn.id].reason == "internal-error"
