@@ -16,6 +16,9 @@ from pinproxy.errors import HostnameError
 
 __all__ = ["normalize_host", "parent_domains"]
 
+# An address starts with a digit, a bracket, or is IPv6 (has a colon); a DNS name that starts
+# with a digit still goes through the parse and falls through to the name checks.
+_LOOKS_LIKE_ADDRESS = re.compile(r"[\d\[]|.*:")
 _LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
 
 
@@ -28,15 +31,16 @@ def normalize_host(name: str) -> str:
     proxy normalises the same few names on every connection.
     """
     text = name.strip()
-    bracketed = text.startswith("[") and text.endswith("]")
-    try:
-        address = ipaddress.ip_address(text[1:-1] if bracketed else text)
-    except ValueError:
-        if bracketed:
-            raise HostnameError(f"host {name!r}: only IPv6 addresses go in brackets") from None
-    else:
-        mapped = getattr(address, "ipv4_mapped", None)
-        return str(mapped or address)
+    if _LOOKS_LIKE_ADDRESS.match(text):  # skip the costly failed parse for ordinary names
+        bracketed = text.startswith("[") and text.endswith("]")
+        try:
+            address = ipaddress.ip_address(text[1:-1] if bracketed else text)
+        except ValueError:
+            if bracketed:
+                raise HostnameError(f"host {name!r}: only IPv6 addresses go in brackets") from None
+        else:
+            mapped = getattr(address, "ipv4_mapped", None)
+            return str(mapped or address)
     text = text.removesuffix(".").lower()
     if not text.isascii():
         try:

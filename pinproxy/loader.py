@@ -1,8 +1,9 @@
 """Pinset YAML -> validated `Pinset`, with every problem reported as `path:line: message`.
 
 PyYAML's `safe_load` keeps the last of two duplicate keys and reads `off` as False: either would
-silently weaken a pinset. So this walks PyYAML's node graph itself, checks every key and type,
-and collects all problems before failing, so one run of `pinproxy check` shows them all.
+silently weaken a pinset. So this walks a YAML tree itself (`_yamltree`, built from libyaml's
+events), checks every key and type, and collects all problems before failing, so one run of
+`pinproxy check` shows them all.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import datetime as dt
 from pathlib import Path
 
 import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from pinproxy._yamltree import Alias, Mapping, Node, Scalar, Sequence, parse_documents
 from pinproxy.errors import PinproxyError, PinsetError
 from pinproxy.hostnames import is_ip_literal, normalize_host
 from pinproxy.pins import Pin, parse_pin, read_pem_or_der
@@ -52,11 +53,10 @@ class _Parser:
         self.source = source
         self.base_dir = base_dir
         self.problems: list[tuple[int, str]] = []
-        self.seen: set[int] = set()
+        self.pins: dict[Pin, Pin] = {}  # one object per distinct pin, shared by every rule
 
     def problem(self, node: Node | int, message: str) -> None:
-        line = node if isinstance(node, int) else node.start_mark.line + 1
-        self.problems.append((line, message))
+        self.problems.append((node if isinstance(node, int) else node.line, message))
 
     def parse(self, text: str) -> Pinset:
         root = self._compose(text)
@@ -68,7 +68,7 @@ class _Parser:
 
     def _compose(self, text: str) -> Node | None:
         try:
-            documents = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+            documents = parse_documents(text)
         except yaml.MarkedYAMLError as e:
             mark = e.problem_mark or e.context_mark
             line = mark.line + 1 if mark else 1
@@ -81,10 +81,10 @@ class _Parser:
             self.problem(1, "the pinset is empty: it needs 'version: 1' and a 'hosts:' list")
             return None
         if len(documents) > 1:
-            self.problem(documents[1], "a pinset is one YAML document, and a second one "
-                                       "starts here; remove it and its '---'")
+            self.problem(documents[1].line, "a pinset is one YAML document, and a second one "
+                                            "starts here; remove it and its '---'")
             return None
-        return documents[0]
+        return documents[0].root
 
     # -- the shape of the file -------------------------------------------------------------
 
@@ -109,12 +109,12 @@ class _Parser:
     def _rules(self, node: Node | None, default_mode: Mode) -> list[HostRule] | None:
         if node is None:
             return None
-        if not isinstance(node, SequenceNode):
+        if not isinstance(node, Sequence):
             self.problem(node, f"'hosts' must be a list of host rules, not {_kind(node)}")
             return None
         rules: list[HostRule] = []
         first_seen: dict[str, int] = {}
-        for item in node.value:
+        for item in node.items:
             rule = self._rule(item, default_mode)
             if rule is None:
                 continue
@@ -142,7 +142,7 @@ class _Parser:
             return None
         if "expires" in fields and expires is None:
             return None
-        return HostRule(host=host, pins=pins, location=Location(self.source, _line(node)),
+        return HostRule(host=host, pins=pins, location=Location(self.source, node.line),
                         include_subdomains=include_subdomains, mode=mode, expires=expires)
 
     # -- values ----------------------------------------------------------------------------
@@ -171,16 +171,16 @@ class _Parser:
     def _pins(self, node: Node | None, host: str) -> frozenset[Pin] | None:
         if node is None:
             return None
-        if not isinstance(node, SequenceNode):
+        if not isinstance(node, Sequence):
             self.problem(node, f"'pins' must be a list of pins, not {_kind(node)}")
             return None
-        if not node.value:
+        if not node.items:
             self.problem(node, f"{host} has an empty 'pins' list, which would pin nothing; "
                                "list at least one pin (and a backup)")
             return None
         pins: list[Pin] = []
         ok = True
-        for item in node.value:
+        for item in node.items:
             text = self._scalar(item, _STR, "a pin")
             found = self._pin_or_file(item, text) if text is not None else None
             if found is None:
@@ -199,32 +199,31 @@ class _Parser:
                     self.problem(node, f"pin file {str(path)!r}: {e.strerror or e}")
                     return None
                 return [item.spki for item in read_pem_or_der(data, str(path))]
-            return [parse_pin(text)]
+            pin = parse_pin(text)
+            return [self.pins.setdefault(pin, pin)]
         except PinproxyError as e:
             self.problem(node, str(e))
             return None
 
     def _date(self, node: Node) -> dt.date | None:
-        if not self._first_visit(node):
-            return None
-        if isinstance(node, ScalarNode) and node.tag in (_TIMESTAMP, _STR):
+        if isinstance(node, Scalar) and node.tag in (_TIMESTAMP, _STR):
             try:
                 return dt.date.fromisoformat(node.value)
             except ValueError:
                 pass
-        shown = node.value if isinstance(node, ScalarNode) else _kind(node)
-        self.problem(node, f"'expires' must be a date written YYYY-MM-DD, not {shown!r}")
+        if not self._refuse_alias(node):
+            shown = node.value if isinstance(node, Scalar) else _kind(node)
+            self.problem(node, f"'expires' must be a date written YYYY-MM-DD, not {shown!r}")
         return None
 
     def _boolean(self, node: Node, what: str) -> bool | None:
-        if not self._first_visit(node):
-            return None
-        if isinstance(node, ScalarNode) and node.tag == _BOOL and node.value.lower() in (
+        if isinstance(node, Scalar) and node.tag == _BOOL and node.value.lower() in (
             "true", "false"
         ):
-            return str(node.value).lower() == "true"
-        shown = node.value if isinstance(node, ScalarNode) else _kind(node)
-        self.problem(node, f"{what} must be true or false, not {shown!r}")
+            return node.value.lower() == "true"
+        if not self._refuse_alias(node):
+            shown = node.value if isinstance(node, Scalar) else _kind(node)
+            self.problem(node, f"{what} must be true or false, not {shown!r}")
         return None
 
     def _choice[E: (Mode, Unpinned)](
@@ -247,16 +246,15 @@ class _Parser:
     def _mapping(
         self, node: Node, what: str, keys: set[str], required: tuple[str, ...]
     ) -> dict[str, Node] | None:
-        if not self._first_visit(node):
-            return None
-        if not isinstance(node, MappingNode):
-            self.problem(node, f"{what} must be a mapping of keys, not {_kind(node)}")
+        if not isinstance(node, Mapping):
+            if not self._refuse_alias(node):
+                self.problem(node, f"{what} must be a mapping of keys, not {_kind(node)}")
             return None
         fields: dict[str, Node] = {}
         key_lines: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, ScalarNode) else None
-            if not isinstance(key, str) or key_node.tag != _STR:
+        for key_node, value_node in node.pairs:
+            key = key_node.value if isinstance(key_node, Scalar) else None
+            if not isinstance(key_node, Scalar) or key is None or key_node.tag != _STR:
                 self.problem(key_node, f"{what} has a key that is not a name: {key!r}")
             elif key in key_lines:
                 self.problem(key_node, f"duplicate key {key!r} in {what} "
@@ -266,48 +264,43 @@ class _Parser:
                                        f"expected {', '.join(sorted(keys))}")
             else:
                 fields[key] = value_node
-            if isinstance(key, str):
-                key_lines.setdefault(key, _line(key_node))
+            if key is not None:
+                key_lines.setdefault(key, key_node.line)
         for key in required:
-            if key not in fields and not any(
-                isinstance(k, ScalarNode) and k.value == key for k, _ in node.value
-            ):
+            if key not in key_lines:
                 self.problem(node, f"{what} is missing the key {key!r}")
         return fields
 
     def _scalar(self, node: Node, tag: str, what: str, hint: str = "") -> str | None:
-        if isinstance(node, ScalarNode) and node.tag == tag and self._first_visit(node):
-            return str(node.value)
-        if isinstance(node, ScalarNode) and node.tag in (_BOOL, _INT) and tag == _STR:
-            self.problem(node, f"{what} must be {hint or _TYPE_NAMES[tag]}, not the YAML "
-                               f"{_TYPE_NAMES[node.tag][2:]} {node.value!r}; quote it if you "
-                               "mean the text")
-        elif isinstance(node, ScalarNode) and node.tag == tag:
-            pass  # an alias: `_first_visit` reported it
-        else:
+        if isinstance(node, Scalar):
+            found = node.tag
+            if found == tag:
+                return node.value
+            if found in (_BOOL, _INT) and tag == _STR:
+                self.problem(node, f"{what} must be {hint or _TYPE_NAMES[tag]}, not the YAML "
+                                   f"{_TYPE_NAMES[found][2:]} {node.value!r}; quote it if you "
+                                   "mean the text")
+                return None
+        if not self._refuse_alias(node):
             self.problem(node, f"{what} must be {hint or _TYPE_NAMES[tag]}, not {_kind(node)}")
         return None
 
-    def _first_visit(self, node: Node) -> bool:
-        """Refuse YAML aliases: they make shared subtrees that are easy to misread (and bomb)."""
-        if id(node) in self.seen:
+    def _refuse_alias(self, node: Node) -> bool:
+        """Aliases make shared subtrees that are easy to misread (and to bomb): refused."""
+        if isinstance(node, Alias):
             self.problem(node, "YAML anchors and aliases are not supported in a pinset")
-            return False
-        self.seen.add(id(node))
-        return True
-
-
-def _line(node: Node) -> int:
-    return int(node.start_mark.line) + 1
+            return True
+        return False
 
 
 def _kind(node: Node | None) -> str:
-    if isinstance(node, MappingNode):
+    if isinstance(node, Mapping):
         return "a mapping"
-    if isinstance(node, SequenceNode):
+    if isinstance(node, Sequence):
         return "a list"
-    if isinstance(node, ScalarNode):
+    if isinstance(node, Scalar):
         described = _TYPE_NAMES.get(node.tag, "a value")
         return f"{described} {node.value!r}" if node.value else "an empty value"
+    if isinstance(node, Alias):
+        return "a YAML alias"
     return "nothing"
-

@@ -80,6 +80,8 @@ def parse_pin(text: str) -> Pin:
     Accepted: `sha256/<b64>`, curl's `sha256//<b64>`, HPKP's `pin-sha256="<b64>"`, and
     `cert-sha256/<b64>` or `cert-sha256/<hex, colons allowed>` for whole-certificate pins.
     """
+    if len(text) == 51 and text.startswith("sha256/"):  # the common case, checked the same way
+        return Pin(PinKind.SPKI, _decode_base64(text[7:], text))
     value = text.strip()
     if hpkp := _HPKP.match(value):
         return Pin(PinKind.SPKI, _decode_base64(hpkp.group(2), text))

@@ -207,7 +207,7 @@ CASES: list[tuple[str, str, str, list[tuple[int, str]]]] = [
         hosts:
           - host: api.example: oops
             pins: [{P}]
-    """, GOOD, [(3, "not valid YAML: mapping values are not allowed here")]),
+    """, GOOD, [(3, "not valid YAML: mapping values are not allowed")]),
     ("unclosed-flow-list", f"""
         version: 1
         hosts:
@@ -421,7 +421,7 @@ CASES: list[tuple[str, str, str, list[tuple[int, str]]]] = [
         hosts:
           - host: api.example
             pins: [{P}]
-    """, GOOD, [(4, "a pinset is one YAML document, and a second one starts here")]),
+    """, GOOD, [(3, "a pinset is one YAML document, and a second one starts here")]),
     ("empty-file", "", GOOD, [(1, "the pinset is empty")]),
     ("comments-only", """
         # version: 1
@@ -522,7 +522,7 @@ CASES: list[tuple[str, str, str, list[tuple[int, str]]]] = [
             host: api.example
             pins: [{P}]
           - *rule
-    """, GOOD, [(3, ALIAS_MESSAGE)]),  # reported at the anchor: the node the alias shares
+    """, GOOD, [(6, ALIAS_MESSAGE)]),  # reported where the alias stands
     ("alias-of-a-pin", f"""
         version: 1
         hosts:
@@ -530,7 +530,7 @@ CASES: list[tuple[str, str, str, list[tuple[int, str]]]] = [
             pins: [&pin {P}]
           - host: other.example
             pins: [*pin]
-    """, GOOD, [(4, ALIAS_MESSAGE)]),
+    """, GOOD, [(6, ALIAS_MESSAGE)]),
 ]
 
 
