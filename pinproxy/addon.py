@@ -222,7 +222,7 @@ class Pinning:
         """Answer a refused connection with a page that explains it; refuse what was not checked."""
         refusal = self._refusals.get(flow.client_conn.id, {}).get(flow.server_conn.id)
         if refusal is not None:  # logged and reported when the handshake was refused
-            flow.response = _refusal_response(502, refusal)
+            _refuse_request(flow, 502, refusal)
             return
         try:
             decision, status = self._request_decision(flow)
@@ -234,7 +234,7 @@ class Pinning:
         logger.warning(log_line(decision, flow.request.port))
         self._write_report(decision, flow.request.port, list)
         if decision.action is Action.BLOCK:
-            flow.response = _refusal_response(status, decision)
+            _refuse_request(flow, status, decision)
 
     def _request_decision(self, flow: http.HTTPFlow) -> tuple[Decision | None, int]:
         """What a request on a connection that passed (or had no) upstream check may do."""
@@ -389,8 +389,11 @@ def _no_pinset(host: str) -> Decision:
                     detail="no pinset is loaded")
 
 
-def _refusal_response(status: int, decision: Decision) -> http.Response:
-    return http.Response.make(status, refusal_page(decision), {
+def _refuse_request(flow: http.HTTPFlow, status: int, decision: Decision) -> None:
+    """Answer in place of the server. A streamed request body cannot coexist with a response
+    set in `requestheaders` (mitmproxy raises), so the body is read and dropped instead."""
+    flow.request.stream = False
+    flow.response = http.Response.make(status, refusal_page(decision), {
         "Content-Type": "text/plain; charset=utf-8",
         "X-Pinproxy-Reason": decision.reason.value,
     })

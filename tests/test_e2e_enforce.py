@@ -299,3 +299,20 @@ def test_raw_tls_tunnel(proxy: Proxy, serve: Serve, good_leaf: trustme.LeafCert,
         data, seconds = read_until_closed(sock)
     assert data == b"" and seconds < 3  # closed promptly, not left hanging
     assert_untouched(rogue)
+
+
+def test_large_upload_is_streamed_and_refused_without_a_byte(
+        proxy: Proxy, serve: Serve, good_leaf: trustme.LeafCert, rogue_leaf: trustme.LeafCert,
+        tmp_path: Path) -> None:
+    """Bodies above the streaming threshold pass through unbuffered; a refusal still holds."""
+    body = tmp_path / "upload.bin"
+    body.write_bytes(bytes(range(256)) * 4096)  # 1 MiB
+    genuine = serve(good_leaf)
+    result = curl(proxy, "root.pinned.test", genuine.port, "/upload",
+                  "--data-binary", f"@{body}")
+    assert result.status == 200
+    assert genuine.requests[0].body == body.read_bytes()
+    rogue = serve(rogue_leaf)
+    result = curl(proxy, "root.pinned.test", rogue.port, "/upload", "--data-binary", f"@{body}")
+    assert result.status == 502 and "reason: pin-mismatch" in result.body
+    assert_untouched(rogue)

@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     from pinproxy.addon import Pinning
 
 
+# Bodies larger than this are streamed through instead of buffered: the proxy never needs them.
+STREAM_BODIES_FROM = "64k"
+
+
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser("run", help="start the proxy")
     parser.add_argument("--pinset", default="config/pins.yaml", metavar="PATH",
@@ -46,15 +50,14 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace) -> int:
     from mitmproxy import exceptions, options
-    from mitmproxy.tools.dump import DumpMaster
 
     from pinproxy.addon import Pinning
+    from pinproxy.master import build_master
 
     logging.getLogger("pinproxy").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     opts = options.Options()
-    master = DumpMaster(opts, with_termlog=True, with_dumper=False)
     addon = Pinning()
-    master.addons.add(addon)
+    master = build_master(opts, addon)
     try:
         # Set every option in one update, after all addons are added: each addon's configure
         # then sees the final values together (and ours can refuse a bypassing combination).
@@ -65,6 +68,7 @@ async def _serve(args: argparse.Namespace) -> int:
             mode=["regular"],
             connection_strategy="eager",
             http3=False,
+            stream_large_bodies=STREAM_BODIES_FROM,
             ssl_verify_upstream_trusted_ca=args.upstream_ca,
             termlog_verbosity="debug" if args.verbose else "info",
             pinset=args.pinset,

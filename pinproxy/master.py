@@ -1,0 +1,42 @@
+"""The mitmproxy `Master` that `pinproxy run` embeds: only what a pinning proxy needs.
+
+`mitmdump` loads about thirty addons and calls each of them on every hook: flow recording, the
+dumper, replay, modify/map/export machinery, scripting. A pinning proxy needs the proxy server,
+DNS, layer selection, TLS, start-up error checks and its own addon. Fewer addons means less
+work per connection and per request, and fewer options that could weaken the check.
+"""
+
+from __future__ import annotations
+
+from mitmproxy import master, options
+from mitmproxy.addons import (
+    block,
+    core,
+    disable_h2c,
+    dns_resolver,
+    errorcheck,
+    next_layer,
+    proxyserver,
+    tlsconfig,
+)
+
+from pinproxy.addon import Pinning
+
+__all__ = ["build_master"]
+
+
+def build_master(opts: options.Options, pinning: Pinning) -> master.Master:
+    """A Master with the minimal addon chain; `pinning` comes last, after `tlsconfig`."""
+    proxy = master.Master(opts, with_termlog=True)
+    proxy.addons.add(
+        core.Core(),
+        block.Block(),                # refuses clients from public addresses (block_global)
+        disable_h2c.DisableH2C(),     # HTTP/2 cleartext upgrades would break the HTTP layer
+        proxyserver.Proxyserver(),
+        dns_resolver.DnsResolver(),
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+        errorcheck.ErrorCheck(),
+        pinning,
+    )
+    return proxy
