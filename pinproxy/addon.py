@@ -61,7 +61,8 @@ def _today() -> dt.date:
 class Pinning:
     """Enforces a pinset on every upstream TLS connection mitmproxy makes."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str = "") -> None:
+        self.label = label  # e.g. "worker 1/2", shown in the start-up line
         self.pinset: Pinset | None = None
         self._pinset_signature: tuple[str, int, int, int] | None = None
         self._report_log: ReportLog | None = None
@@ -140,8 +141,9 @@ class Pinning:
         pinset = self.pinset
         loaded = (f"{len(pinset.rules)} host rules, {pinset.pin_count} pins from {pinset.source}"
                   if pinset else "NO PINSET: refusing every connection")
-        logger.warning("pinproxy listening on %s; %s; clients must trust %s",
-                       listening or "(nothing)", loaded, ca_cert)
+        logger.warning("pinproxy listening on %s%s; %s; clients must trust %s",
+                       listening or "(nothing)", f" ({self.label})" if self.label else "",
+                       loaded, ca_cert)
 
     def done(self) -> None:
         if self._report_log is not None:

@@ -25,7 +25,7 @@ import wsproto
 import wsproto.events
 
 REPO = Path(__file__).resolve().parent.parent
-_LISTENING = re.compile(r"pinproxy listening on [^;]*?:(\d+);")
+_LISTENING = re.compile(r"pinproxy listening on [^;]*?:(\d+)[ ;]")
 
 
 @dataclass

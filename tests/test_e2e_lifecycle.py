@@ -3,6 +3,8 @@ from starting. Real processes, real servers, real clients."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import threading
@@ -20,6 +22,7 @@ from tests.proxy import (
     curl,
     mitmdump_command,
     read_until_closed,
+    report_records,
     run_pinproxy,
     start,
     start_pinproxy,
@@ -224,3 +227,69 @@ def test_sigterm_stops_cleanly(tmp_path: Path, confdir: Path, pki: Pki) -> None:
         assert time.monotonic() - started < 5
     assert "Traceback" not in proxy.output()
     assert f"clients must trust {confdir}/mitmproxy-ca-cert.pem" in proxy.output()
+
+
+# -- --workers N -----------------------------------------------------------------------------
+
+def test_workers_share_the_port_the_pinset_and_the_report_log(
+        tmp_path: Path, confdir: Path, pki: Pki, serve: Serve,
+        good_leaf: trustme.LeafCert, rogue_leaf: trustme.LeafCert) -> None:
+    pinset = tmp_path / "pins.yaml"
+    pinset.write_text(pinset_text(pki.rogue_root_pin))
+    report_log = tmp_path / "violations.jsonl"
+    genuine, rogue = serve(good_leaf), serve(rogue_leaf)
+    with start_pinproxy(pinset, confdir, pki.ca_bundle, "--workers", "2",
+                        report_log=report_log) as proxy:
+        proxy.wait_for_output(r"\(worker 1/2\)")
+        proxy.wait_for_output(r"\(worker 2/2\)")
+        workers = children_of(proxy.process.pid)
+        assert len(workers) == 2
+
+        # many new connections: the kernel spreads them; every one is checked
+        results = [curl(proxy, "root.pinned.test", genuine.port).status for _ in range(12)]
+        assert results == [502] * 12
+        assert curl(proxy, "root.pinned.test", rogue.port).status == 200
+        assert_untouched(genuine)
+        wait_for(lambda: len(report_records(proxy)) >= 12)
+        time.sleep(0.2)  # a duplicate would show up now
+        records = report_records(proxy)
+        assert len(records) == 12  # one whole line per refusal, none lost, none doubled
+        assert {r["port"] for r in records} == {genuine.port}
+
+        # SIGHUP to the supervisor reaches every worker
+        pinset.write_text(pinset_text(pki.root_pin))
+        proxy.reload()
+        wait_for(lambda: proxy.output().count("reloaded pinset") == 2, timeout=10)
+        assert all(curl(proxy, "root.pinned.test", genuine.port).status == 200
+                   for _ in range(8))
+        assert curl(proxy, "root.pinned.test", rogue.port).status == 502
+
+        # a worker that dies takes the others down: no silent half-capacity proxy
+        os.kill(workers[0], signal.SIGKILL)
+        assert proxy.process.wait(timeout=15) == 1
+        assert "a worker exited" in proxy.output()
+        wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers))
+
+
+def test_workers_stop_cleanly_on_sigterm(tmp_path: Path, confdir: Path, pki: Pki) -> None:
+    pinset = tmp_path / "pins.yaml"
+    pinset.write_text(pinset_text(pki.root_pin))
+    with start_pinproxy(pinset, confdir, pki.ca_bundle, "--workers", "2") as proxy:
+        proxy.wait_for_output(r"\(worker 2/2\)|\(worker 1/2\)")
+        workers = children_of(proxy.process.pid)
+        assert proxy.stop() == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+    assert "Traceback" not in proxy.output()
+
+
+def children_of(pid: int) -> list[int]:
+    """Process ids whose parent is `pid` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return sorted(found)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,9 +35,18 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                              "(replaces the default bundle)")
     parser.add_argument("--report-log", metavar="PATH",
                         help="append one JSON object per pin violation to this file")
+    parser.add_argument("--workers", type=_workers, default=1, metavar="N",
+                        help="proxy processes sharing the port, one per core (default: 1)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log every allowed connection")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # "i/N": started by --workers
     parser.set_defaults(command=run)
+
+
+def _workers(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers (1-64)")
+    return int(text)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +55,31 @@ def run(args: argparse.Namespace) -> int:
             read_pem_or_der(Path(args.upstream_ca).read_bytes(), args.upstream_ca)
         except OSError as e:
             raise PinproxyError(f"--upstream-ca {args.upstream_ca}: {e.strerror or e}") from None
+    if args.workers > 1:
+        return _supervise(args)
     return asyncio.run(_serve(args))
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    """Check what every worker would check, once, then start the workers on one port."""
+    from pinproxy.loader import load_pinset
+    from pinproxy.workers import ensure_ca, reserve_port, supervise
+
+    load_pinset(args.pinset)  # a bad pinset: one set of messages, not one per worker
+    ensure_ca(args.confdir)
+    with reserve_port(args.listen_host, args.listen_port) as reserved:
+        port = reserved.getsockname()[1]
+        common = [sys.executable, "-m", "pinproxy", "run", "--pinset", args.pinset,
+                  "--listen-host", args.listen_host, "--listen-port", str(port),
+                  "--confdir", args.confdir]
+        if args.upstream_ca:
+            common += ["--upstream-ca", args.upstream_ca]
+        if args.report_log:
+            common += ["--report-log", args.report_log]
+        if args.verbose:
+            common.append("--verbose")
+        return supervise([[*common, "--worker", f"{i}/{args.workers}"]
+                          for i in range(1, args.workers + 1)])
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -55,8 +89,12 @@ async def _serve(args: argparse.Namespace) -> int:
     from pinproxy.master import build_master
 
     logging.getLogger("pinproxy").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if args.worker:
+        from pinproxy.workers import enable_reuse_port
+
+        enable_reuse_port()
     opts = options.Options()
-    addon = Pinning()
+    addon = Pinning(label=f"worker {args.worker}" if args.worker else "")
     master = build_master(opts, addon)
     try:
         # Set every option in one update, after all addons are added: each addon's configure

@@ -1,0 +1,112 @@
+"""`pinproxy run --workers N`: N proxy processes sharing one port, one CA and one pinset.
+
+mitmproxy is one asyncio process on one core. Each worker is a complete `pinproxy run`
+listening with SO_REUSEPORT, so the kernel spreads new connections across them; a connection
+stays with the worker that accepted it, so every pin check and refusal is that worker's own.
+The supervisor here creates the CA before any worker starts (else each would make its own),
+forwards SIGHUP (reload) and SIGTERM/SIGINT (stop) to every worker, and stops them all if one
+dies: a partial set would keep serving with fewer cores and nobody watching.
+Violation reports need no coordination: each worker appends whole lines to the same
+append-only file.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from pinproxy.errors import PinproxyError
+
+__all__ = ["enable_reuse_port", "ensure_ca", "reserve_port", "supervise"]
+
+
+def ensure_ca(confdir: str) -> None:
+    """Create the proxy CA in `confdir` now, once, as mitmproxy would on first start."""
+    from mitmproxy import certs
+
+    path = Path(os.path.expanduser(confdir))
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        certs.CertStore.from_store(path, "mitmproxy", 2048)
+    except OSError as e:
+        raise PinproxyError(f"--confdir {confdir}: {e.strerror or e}") from None
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Bind (without listening) host:port with SO_REUSEPORT, choosing a port for 0.
+
+    Held by the supervisor, it keeps the port for the workers and makes a port already in use
+    fail here with one clear message. A socket that never listens gets no connections.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise PinproxyError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
+
+
+def enable_reuse_port() -> None:
+    """Make mitmproxy's regular-mode listener bind with SO_REUSEPORT (worker processes only).
+
+    mitmproxy 12 calls `asyncio.start_server(handler, host, port)` with no way to pass
+    `reuse_port`; this replaces that one method of `RegularInstance` in this process.
+    """
+    import asyncio
+
+    from mitmproxy.proxy import mode_servers
+
+    instance = mode_servers.RegularInstance
+    if not hasattr(instance, "handle_stream") or not hasattr(instance, "listen"):
+        raise PinproxyError("--workers needs mitmproxy 12's RegularInstance.listen; "
+                            "this mitmproxy version is not supported for workers")
+
+    async def listen(self: mode_servers.RegularInstance, host: str,
+                     port: int) -> list[asyncio.Server]:
+        return [await asyncio.start_server(self.handle_stream, host, port, reuse_port=True)]
+
+    instance.listen = listen  # type: ignore[method-assign, assignment]
+
+
+def supervise(worker_argv: Sequence[Sequence[str]]) -> int:
+    """Start one process per argv, relay signals, and stop everything when one exits."""
+    workers = [subprocess.Popen(list(argv)) for argv in worker_argv]  # noqa: S603
+
+    def relay(signum: int, _frame: FrameType | None) -> None:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signum)
+
+    for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, relay)
+    try:
+        while all(worker.poll() is None for worker in workers):
+            time.sleep(0.2)
+    finally:
+        stopping = [w for w in workers if w.poll() is None]
+        for worker in stopping:
+            worker.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for worker in stopping:
+            try:
+                worker.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+    codes = [worker.returncode for worker in workers]
+    failed = [code for code in codes if code not in (0, -signal.SIGTERM)]
+    if failed:
+        print(f"pinproxy: a worker exited with status {failed[0]}; stopped all workers",
+              file=sys.stderr)
+        return 1
+    return 0
