@@ -85,6 +85,10 @@ class Pinning:
         for name, why in _BYPASSES.items():
             if name in updated and getattr(ctx.options, name):
                 raise exceptions.OptionsError(f"pinproxy refuses '{name}': {why}")
+        if "stream_large_bodies" in updated and ctx.options.stream_large_bodies:
+            raise exceptions.OptionsError(
+                "pinproxy refuses 'stream_large_bodies': mitmproxy cannot answer a streamed "
+                "request with pinproxy's refusal (over HTTP/2 the client can hang)")
         if "connection_strategy" in updated and ctx.options.connection_strategy != "eager":
             raise exceptions.OptionsError(
                 "pinproxy needs connection_strategy=eager: the upstream handshake, and so the pin"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["HostnameError", "PinError", "PinproxyError", "PinsetError"]
+__all__ = ["FormatError", "HostnameError", "PinError", "PinproxyError", "PinsetError"]
 
 
 class PinproxyError(Exception):
@@ -15,6 +15,11 @@ class PinError(PinproxyError, ValueError):
 
 class HostnameError(PinproxyError, ValueError):
     """A host name or host pattern that is not valid."""
+
+
+class FormatError(PinproxyError):
+    """An app-format file (Android, iOS, OkHttp, HPKP) that cannot be read, or that its own
+    platform would reject."""
 
 
 class PinsetError(PinproxyError):

@@ -1,17 +1,54 @@
-"""Lint findings for a pinset: what `pinproxy check` reports beyond load errors (being written).
+"""Lint findings for a pinset: what `pinproxy check` reports beyond load errors.
+
+Pinning's worst failure is the outage after a certificate or key rotation (why browsers
+withdrew HPKP), so the checks look for rules that will break, have silently stopped working, or
+do not mean what they seem to: no backup pin, whole-certificate pins only, an expiry date that is
+near or past, rules that overlap with different pins, and patterns on a public suffix.
 
 A `Finding` is one line of `check` output; errors make `check` exit 2, warnings only with
-`--strict`.
+`--strict`. Every check is per rule and uses the pinset's own O(1) indexes (`Pinset.candidates`),
+so linting costs O(rules x labels) whatever the size of the pinset.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import date
 from enum import StrEnum
+from functools import cache
 
-from pinproxy.pinset import Location
+from publicsuffix2 import PublicSuffixList  # type: ignore[import-untyped]
 
-__all__ = ["Finding", "Severity"]
+from pinproxy.hostnames import is_ip_literal
+from pinproxy.pins import Pin, PinKind
+from pinproxy.pinset import HostRule, Location, Pinset
+
+__all__ = ["CODES", "EXPIRY_WARNING_DAYS", "Finding", "Severity", "lint"]
+
+EXPIRY_WARNING_DAYS = 30
+
+#: Every code `lint` can report, with what it means; `check --help` and the README list them.
+CODES = {
+    "missing-backup-pin": "a rule with fewer than two pins that can match a real key",
+    "certificate-pins-only": "every pin of a rule is a whole-certificate pin (cert-sha256/)",
+    "expires-soon": f"a rule's last enforced day is within {EXPIRY_WARNING_DAYS} days",
+    "expired": "a rule is past its last enforced day: its pins are no longer checked",
+    "overlapping-rules": "a name is covered by two rules with different pins",
+    "redundant-rule": "a rule decides exactly as the broader rule under it would",
+    "shadowed-rule": "a rule, or its include_subdomains, never applies",
+    "public-suffix": "'*.' or include_subdomains on a public suffix such as co.uk",
+}
+
+# Well-formed digests that are no key's SPKI hash: the all-zero digest (OkHttp's docs trick to
+# make a pinning failure print the real pins) and the SHA-256 of "" and "hello" (RFC 7469's
+# example backup pin). A "backup" like this matches nothing, so it is no backup.
+_PLACEHOLDERS = {
+    bytes(32): "all-zero digest",
+    hashlib.sha256(b"").digest(): 'SHA-256 of ""',
+    hashlib.sha256(b"hello").digest(): 'SHA-256 of "hello"',
+}
 
 
 class Severity(StrEnum):
@@ -32,3 +69,175 @@ class Finding:
     def __str__(self) -> str:
         where = str(self.location) if self.location else "-"
         return f"{where}: {self.severity.value}: {self.message} [{self.code}]"
+
+
+def lint(pinset: Pinset, today: date) -> list[Finding]:
+    """Every finding for a loaded pinset, in rule (file) order; `today` decides expiry."""
+    findings: list[Finding] = []
+    for rule in pinset.rules:
+        findings.extend(_backup(rule))
+        findings.extend(_expiry(rule, today))
+        findings.extend(_overlaps(pinset, rule, today))
+        findings.extend(_public_suffix(rule))
+    return findings
+
+
+def _warning(rule: HostRule, code: str, message: str) -> Finding:
+    return Finding(Severity.WARNING, code, message, rule.location, rule.host)
+
+
+# -- rotation safety -----------------------------------------------------------------------
+
+def _backup(rule: HostRule) -> Iterator[Finding]:
+    fakes = sorted((pin for pin in rule.pins if pin.digest in _PLACEHOLDERS), key=str)
+    real = [pin for pin in rule.pins if pin.digest not in _PLACEHOLDERS]
+    if len(real) < 2:
+        yield _warning(rule, "missing-backup-pin", _no_backup_message(rule, real, fakes))
+    if real and all(pin.kind is PinKind.CERTIFICATE for pin in real):
+        yield _warning(
+            rule, "certificate-pins-only",
+            f"{rule.host}: every pin is a whole-certificate pin (cert-sha256/), which changes "
+            "at every renewal, even with the same key (every 90 days or less with ACME CAs); "
+            "pin the SPKI (sha256/) of the issuing CA or of a key you keep")
+
+
+def _no_backup_message(rule: HostRule, real: Sequence[Pin], fakes: Sequence[Pin]) -> str:
+    advice = ("add a backup pin (the key of a second CA you could move to, or a key made "
+              "with pinproxy backup-key)")
+    named = "; ".join(f"'{pin}' ({_PLACEHOLDERS[pin.digest]}) matches no key, so it is no "
+                      "backup" for pin in fakes)
+    named = f"; {named}" if named else ""
+    if not real:
+        return f"{rule.host}: no pin can match a real key{named}; {advice}"
+    return (f"{rule.host}: only one pin can match{named}; when its key changes, every "
+            f"connection fails; {advice}")
+
+
+def _expiry(rule: HostRule, today: date) -> Iterator[Finding]:
+    if rule.expires is None:
+        return
+    last_day = rule.expires.isoformat()
+    if rule.expired(today):
+        yield _warning(
+            rule, "expired",
+            f"{rule.host}: expired after {last_day}: its pins are no longer checked (its names "
+            "fall to the next rule, or to CA checks only); extend 'expires' or remove the rule")
+        return
+    days = (rule.expires - today).days
+    if days <= EXPIRY_WARNING_DAYS:
+        when = "today" if days == 0 else f"in {days} day{'s' if days != 1 else ''}"
+        yield _warning(
+            rule, "expires-soon",
+            f"{rule.host}: last enforced day is {last_day} ({when}); after it the pins are no "
+            "longer checked; extend 'expires' if the pins are still right")
+
+
+# -- how rules combine ---------------------------------------------------------------------
+
+def _overlaps(pinset: Pinset, rule: HostRule, today: date) -> Iterator[Finding]:
+    """Compare a rule with the rule that would decide its names without it.
+
+    Only the next rule in precedence is compared, from the winning rule's side; that rule is
+    compared with its own next one in turn, so a chain of three rules gives two findings, not
+    three, and the work per rule is one or two `candidates` walks (O(labels)). Expired rules
+    decide nothing (the proxy skips them, as `policy.decide` does): they get `expired` only.
+    """
+    if rule.expired(today):
+        return
+    fallbacks: dict[int, tuple[HostRule, list[str]]] = {}
+    decided_alike = True
+    for name, scope in _scopes(rule):
+        deciding = [r for r in pinset.candidates(name) if not r.expired(today)]
+        if deciding[0] is not rule:
+            never = ("this rule's include_subdomains never applies" if name != rule.host
+                     else "this rule never applies")
+            yield _warning(rule, "shadowed-rule",
+                           f"{rule.host}: {_are([scope])} decided by {_named(deciding[0])}, "
+                           f"which takes precedence; {never}")
+            continue
+        fallback = deciding[1] if len(deciding) > 1 else None
+        if fallback is None:
+            decided_alike = False
+            continue
+        fallbacks.setdefault(id(fallback), (fallback, []))[1].append(scope)
+        decided_alike = decided_alike and _decides_alike(rule, fallback)
+    for fallback, scopes in fallbacks.values():
+        if fallback.pins != rule.pins:
+            yield _warning(rule, "overlapping-rules",
+                           f"{rule.host}: {_are(scopes)} also covered by {_named(fallback)}, "
+                           f"with different pins; this rule takes precedence{_PRECEDENCE}")
+    if fallbacks and decided_alike:
+        others = " and ".join(_named(fallback) for fallback, _ in fallbacks.values())
+        yield _warning(rule, "redundant-rule",
+                       f"{rule.host}: {others} would decide the same names the same way, with "
+                       "the same pins, mode and expiry; remove this rule or change its pins")
+
+
+_PRECEDENCE = " (exact beats '*.' beats include_subdomains)"
+
+
+def _scopes(rule: HostRule) -> list[tuple[str, str]]:
+    """(name to look up, what it stands for) for the names a rule covers.
+
+    A `*` label stands for any name that no exact rule names: no rule can be named `*.x`, so
+    `candidates("*.x")` yields, in precedence order, the rules deciding a name one label below
+    x, and `candidates("*.*.x")` those deciding a name two or more labels below x (where a
+    `*.x` one-label rule no longer applies).
+    """
+    if not rule.is_wildcard:
+        scopes = [(rule.host, rule.host)]
+        if rule.include_subdomains:
+            scopes.append((f"*.*.{rule.host}", f"the names below {rule.host}"))
+        return scopes
+    depth = "" if rule.include_subdomains else "one label "
+    return [(rule.host, f"the names {depth}below {rule.base}")]
+
+
+def _are(scopes: Sequence[str]) -> str:
+    """`x is` or `the names below x are`: the scopes joined, with their verb."""
+    plural = len(scopes) > 1 or scopes[0].startswith("the names")
+    return f"{' and '.join(scopes)} {'are' if plural else 'is'}"
+
+
+def _decides_alike(rule: HostRule, other: HostRule) -> bool:
+    return (rule.pins, rule.mode, rule.expires) == (other.pins, other.mode, other.expires)
+
+
+def _named(rule: HostRule) -> str:
+    flag = " (include_subdomains)" if rule.include_subdomains else ""
+    return f"{rule.host!r}{flag} at {rule.location}"
+
+
+# -- public suffixes -----------------------------------------------------------------------
+
+def _public_suffix(rule: HostRule) -> Iterator[Finding]:
+    if not (rule.is_wildcard or rule.include_subdomains) or is_ip_literal(rule.base):
+        return
+    if _is_public_suffix(rule.base):
+        below = "one label below" if rule.is_wildcard and not rule.include_subdomains else "below"
+        yield _warning(
+            rule, "public-suffix",
+            f"{rule.host}: {rule.base!r} is a public suffix: this pins every name {below} "
+            f"it, owned by unrelated parties with their own CAs; pin your own domain instead "
+            f"(e.g. 'example.{rule.base}' with include_subdomains)")
+
+
+@cache
+def _suffix_list() -> PublicSuffixList:
+    """The Public Suffix List vendored inside publicsuffix2, read from disk once.
+
+    publicsuffix2 downloads only when `publicsuffix2.fetch()` is called, which we never do:
+    the lint runs offline.
+    """
+    return PublicSuffixList()
+
+
+@cache
+def _is_public_suffix(domain: str) -> bool:
+    """True when the list names `domain` itself as a public suffix (`com`, `co.uk`, `github.io`).
+
+    `strict=True`: a TLD the list does not know (`test`, `internal`) is not a suffix here,
+    although the list's default rule would make every unknown TLD one.
+    """
+    suffix: str | None = _suffix_list().get_tld(domain, wildcard=True, strict=True)
+    return suffix == domain

@@ -9,6 +9,7 @@ events), checks every key and type, and collects all problems before failing, so
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 
 import yaml
@@ -22,6 +23,7 @@ from pinproxy.pinset import HostRule, Location, Mode, Pinset, Unpinned
 __all__ = ["load_pinset", "parse_pinset"]
 
 SUPPORTED_VERSIONS = (1,)
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")  # fromisoformat alone also takes 20271231, 2027-W52
 _TOP_KEYS = {"version", "mode", "unpinned", "hosts"}
 _RULE_KEYS = {"host", "pins", "include_subdomains", "expires", "mode"}
 _STR = "tag:yaml.org,2002:str"
@@ -206,7 +208,9 @@ class _Parser:
             return None
 
     def _date(self, node: Node) -> dt.date | None:
-        if isinstance(node, Scalar) and node.tag in (_TIMESTAMP, _STR):
+        if isinstance(node, Scalar) and node.tag in (_TIMESTAMP, _STR) and _DATE.fullmatch(
+            node.value
+        ):
             try:
                 return dt.date.fromisoformat(node.value)
             except ValueError:

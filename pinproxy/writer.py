@@ -51,7 +51,7 @@ def render_rules(rules: Iterable[RuleText], indent: str = "  ") -> str:
     """The items of a `hosts:` list."""
     out: list[str] = []
     for rule in rules:
-        out.extend(f"{indent}# {note}" for note in rule.notes)
+        out.extend(f"{indent}# {_one_line(note)}" for note in rule.notes)
         out.append(f"{indent}- host: {_quoted(rule.host)}")
         if rule.include_subdomains:
             out.append(f"{indent}  include_subdomains: true")
@@ -61,7 +61,7 @@ def render_rules(rules: Iterable[RuleText], indent: str = "  ") -> str:
             out.append(f"{indent}  expires: {rule.expires.isoformat()}")
         out.append(f"{indent}  pins:")
         for line in rule.pins:
-            comment = f"  # {line.comment}" if line.comment else ""
+            comment = f"  # {_one_line(line.comment)}" if line.comment else ""
             out.append(f"{indent}    - {_quoted(str(line.pin))}{comment}")
     return "\n".join(out) + ("\n" if out else "")
 
@@ -69,7 +69,7 @@ def render_rules(rules: Iterable[RuleText], indent: str = "  ") -> str:
 def render_pinset(rules: Sequence[RuleText], mode: Mode = Mode.ENFORCE,
                   unpinned: Unpinned = Unpinned.ALLOW, header: Sequence[str] = ()) -> str:
     """A whole version-1 pinset file."""
-    lines = [f"# {line}" if line else "#" for line in header]
+    lines = [f"# {_one_line(line)}" if line else "#" for line in header]
     lines += ["version: 1", f"mode: {mode.value}", f"unpinned: {unpinned.value}"]
     body = render_rules(rules)
     lines.append("hosts:" if body else "hosts: []")
@@ -80,6 +80,11 @@ def render_loaded(pinset: Pinset, header: Sequence[str] = ()) -> str:
     """A loaded pinset written back out (comments are not kept)."""
     return render_pinset([rule_text(r, pinset.mode) for r in pinset.rules], pinset.mode,
                          pinset.unpinned, header)
+
+
+def _one_line(text: str) -> str:
+    """A comment stays one comment: a certificate subject could hold a newline and YAML."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _quoted(text: str) -> str:

@@ -30,7 +30,7 @@ def host_port(target: str, default_port: int = 443) -> tuple[str, int]:
         host, _, port_text = target.partition(":")
     else:
         host, port_text = target, str(default_port)
-    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not host or not _is_port(port_text):
         raise PinproxyError(f"{target!r} is not HOST[:PORT]")
     return host, int(port_text)
 
@@ -58,11 +58,17 @@ class ConnectTo:
 def connect_to(text: str) -> ConnectTo:
     """Parse `HOST:PORT:ADDR:PORT` (IPv6 addresses in brackets), as curl does."""
     parts = _split_colons(text)
-    if len(parts) != 4 or not all(p == "" or p.isdigit() for p in (parts[1], parts[3])):
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT:ADDR:PORT")
+    if len(parts) != 4 or not all(p == "" or _is_port(p) for p in (parts[1], parts[3])):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not HOST:PORT:ADDR:PORT (ports 1-65535; empty means any/same)")
     host, port_text, address, address_port = parts
     return ConnectTo(host.strip("[]"), int(port_text) if port_text else None,
                      address.strip("[]"), int(address_port) if address_port else None)
+
+
+def _is_port(text: str) -> bool:
+    """1-65535 in ASCII digits (`str.isdigit` also accepts '²', which `int` refuses)."""
+    return text.isascii() and text.isdigit() and 0 < int(text) < 65536
 
 
 def _split_colons(text: str) -> list[str]:

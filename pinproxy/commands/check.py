@@ -1,20 +1,157 @@
-"""`pinproxy check PINSET`: validate a pinset; every problem as `path:line: message`, exit 2."""
+"""`pinproxy check PINSET`: validate a pinset, then lint it; text for people, JSON for CI.
+
+Load errors keep their `path:line: message` form (stderr in text mode); lint findings come from
+`pinproxy.lint` (and `pinproxy.live` with `--live`); this module only chooses and formats.
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
+import re
+from collections.abc import Sequence
 
+from pinproxy.commands._live import add_probe_options
+from pinproxy.errors import PinproxyError, PinsetError
+from pinproxy.lint import CODES, Finding, Severity, lint
+from pinproxy.live import LIVE_CODES, live_findings
 from pinproxy.loader import load_pinset
+from pinproxy.pinset import Location, Pinset
+
+EXIT_OK = 0
+EXIT_WARNINGS = 1  # only with --strict
+EXIT_ERRORS = 2
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_LINE = re.compile(r"([0-9]+): (.*)", re.DOTALL)  # a loader problem after its `path:`
+
+
+def _codes(codes: dict[str, str]) -> str:
+    return "\n".join(f"  {code:22} {meaning}" for code, meaning in codes.items())
+
+
+_EPILOG = f"""\
+exit status:
+  {EXIT_OK}  no errors (warnings allowed, unless --strict)
+  {EXIT_WARNINGS}  warnings, with --strict
+  {EXIT_ERRORS}  load errors, errors found (--live), or bad arguments
+
+lint codes (warnings):
+{_codes(CODES)}
+  load-error             the pinset does not load (an error; a finding in --format json only)
+live codes (--live; each finding says whether it is an error or a warning):
+{_codes(LIVE_CODES)}
+"""
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser("check", help="validate a pinset file")
+    parser = commands.add_parser(
+        "check", help="validate and lint a pinset file", epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Load a pinset and report every problem, then lint it for rules that\n"
+                    "will break at the next rotation or do not mean what they seem to.")
     parser.add_argument("pinset", metavar="PINSET")
+    parser.add_argument("--strict", action="store_true",
+                        help=f"exit {EXIT_WARNINGS} when there are warnings")
+    parser.add_argument("--format", choices=("text", "json"), default="text",
+                        help="json: one JSON document on stdout, for CI (default: %(default)s)")
+    parser.add_argument("--today", type=_day, metavar="YYYY-MM-DD",
+                        help="judge expiry as of this day (default: today, UTC)")
+    parser.add_argument("--live", action="store_true",
+                        help="also connect to every exact host and compare its chain with the "
+                             "pins (the options below apply only with --live)")
+    add_probe_options(parser)
     parser.set_defaults(command=check)
 
 
 def check(args: argparse.Namespace) -> int:
-    pinset = load_pinset(args.pinset)
-    print(f"{args.pinset}: OK: {len(pinset.rules)} host rules, {pinset.pin_count} pins, "
-          f"mode {pinset.mode}, unpinned {pinset.unpinned}")
-    return 0
+    if not args.live and (args.upstream_ca or args.connect_to):
+        raise PinproxyError("--upstream-ca and --connect-to only apply with --live")
+    path: str = args.pinset
+    try:
+        pinset = load_pinset(path)
+    except PinsetError as e:
+        if args.format == "text":
+            raise
+        findings = [_load_error(problem, path) for problem in e.problems]
+        return _emit_json(path, findings, _exit_code(findings, args.strict))
+    today: dt.date = args.today or dt.datetime.now(dt.UTC).date()
+    findings = lint(pinset, today)
+    if args.live:
+        findings += live_findings(pinset, upstream_ca=args.upstream_ca,
+                                  connect_to=args.connect_to, timeout=args.timeout, today=today)
+    code = _exit_code(findings, args.strict)
+    if args.format == "json":
+        return _emit_json(path, findings, code)
+    for finding in findings:
+        print(finding)
+    print(_summary(path, pinset, findings, code))
+    return code
+
+
+def _day(text: str) -> dt.date:
+    try:
+        if _DATE.fullmatch(text):
+            return dt.date.fromisoformat(text)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r} is not a date written YYYY-MM-DD")
+
+
+def _exit_code(findings: Sequence[Finding], strict: bool) -> int:
+    severities = {finding.severity for finding in findings}
+    if Severity.ERROR in severities:
+        return EXIT_ERRORS
+    return EXIT_WARNINGS if strict and Severity.WARNING in severities else EXIT_OK
+
+
+def _summary(path: str, pinset: Pinset, findings: Sequence[Finding], code: int) -> str:
+    counts = _counts(findings)
+    if code == EXIT_OK:
+        shape = (f"{len(pinset.rules)} host rules, {pinset.pin_count} pins, mode {pinset.mode}, "
+                 f"unpinned {pinset.unpinned}")
+        tail = f"; {_plural(counts[Severity.WARNING], 'warning')}" if findings else ""
+        return f"{path}: OK: {shape}{tail}"
+    because = " (--strict)" if code == EXIT_WARNINGS else ""
+    return (f"{path}: FAILED{because}: {_plural(counts[Severity.ERROR], 'error')}, "
+            f"{_plural(counts[Severity.WARNING], 'warning')}")
+
+
+def _counts(findings: Sequence[Finding]) -> dict[Severity, int]:
+    counts = dict.fromkeys(Severity, 0)
+    for finding in findings:
+        counts[finding.severity] += 1
+    return counts
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _load_error(problem: str, path: str) -> Finding:
+    """A loader problem (`path:line: message` or `path: message`) as a `load-error` finding."""
+    rest = problem.removeprefix(f"{path}:")
+    if located := _LINE.fullmatch(rest):
+        return Finding(Severity.ERROR, "load-error", located.group(2),
+                       Location(path, int(located.group(1))))
+    return Finding(Severity.ERROR, "load-error", rest.strip())
+
+
+def _emit_json(path: str, findings: Sequence[Finding], code: int) -> int:
+    counts = _counts(findings)
+    document = {
+        "pinset": path,
+        "ok": code == EXIT_OK,
+        "errors": counts[Severity.ERROR],
+        "warnings": counts[Severity.WARNING],
+        "findings": [{
+            "severity": finding.severity.value,
+            "code": finding.code,
+            "message": finding.message,
+            "path": finding.location.path if finding.location else path,
+            "line": finding.location.line if finding.location else None,
+            "host": finding.host,
+        } for finding in findings],
+    }
+    print(json.dumps(document, indent=2))
+    return code

@@ -18,10 +18,6 @@ if TYPE_CHECKING:
     from pinproxy.addon import Pinning
 
 
-# Bodies larger than this are streamed through instead of buffered: the proxy never needs them.
-STREAM_BODIES_FROM = "64k"
-
-
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser("run", help="start the proxy")
     parser.add_argument("--pinset", default="config/pins.yaml", metavar="PATH",
@@ -106,7 +102,6 @@ async def _serve(args: argparse.Namespace) -> int:
             mode=["regular"],
             connection_strategy="eager",
             http3=False,
-            stream_large_bodies=STREAM_BODIES_FROM,
             ssl_verify_upstream_trusted_ca=args.upstream_ca,
             termlog_verbosity="debug" if args.verbose else "info",
             pinset=args.pinset,
