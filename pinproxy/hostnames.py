@@ -14,7 +14,7 @@ import idna
 
 from pinproxy.errors import HostnameError
 
-__all__ = ["normalize_host", "parent_domains"]
+__all__ = ["is_ip_literal", "normalize_host", "parent_domains", "parse_host_pattern"]
 
 # An address starts with a digit, a bracket, or is IPv6 (has a colon); a DNS name that starts
 # with a digit still goes through the parse and falls through to the name checks.
@@ -69,3 +69,17 @@ def parent_domains(host: str) -> list[str]:
     """Strict parents of a normalised DNS name, nearest first: a.b.c -> [b.c, c]."""
     labels = host.split(".")
     return [".".join(labels[i:]) for i in range(1, len(labels))]
+
+
+def parse_host_pattern(text: str, include_subdomains: bool = False) -> str:
+    """A rule's host: a name, an IP literal, or `*.name`; normalised, or `HostnameError`."""
+    wildcard = text.startswith("*.")
+    base = text[2:] if wildcard else text
+    if "*" in base:
+        raise HostnameError(f"host {text!r}: '*' is allowed only as a whole leftmost label, "
+                            "as in '*.example.com'")
+    base = normalize_host(base)
+    if is_ip_literal(base) and (wildcard or include_subdomains):
+        raise HostnameError(f"host {text!r} is an IP address: it takes neither '*.' "
+                            "nor include_subdomains")
+    return f"*.{base}" if wildcard else base

@@ -16,7 +16,7 @@ import yaml
 
 from pinproxy._yamltree import Alias, Mapping, Node, Scalar, Sequence, parse_documents
 from pinproxy.errors import PinproxyError, PinsetError
-from pinproxy.hostnames import is_ip_literal, normalize_host
+from pinproxy.hostnames import parse_host_pattern
 from pinproxy.pins import Pin, parse_pin, read_pem_or_der
 from pinproxy.pinset import HostRule, Location, Mode, Pinset, Unpinned
 
@@ -153,22 +153,11 @@ class _Parser:
         text = self._scalar(node, _STR, "'host'") if node is not None else None
         if text is None or node is None:
             return None
-        wildcard = text.startswith("*.")
-        base = text[2:] if wildcard else text
-        if "*" in base:
-            self.problem(node, f"host {text!r}: '*' is allowed only as a whole leftmost label, "
-                               "as in '*.example.com'")
-            return None
         try:
-            base = normalize_host(base)
+            return parse_host_pattern(text, include_subdomains)
         except PinproxyError as e:
             self.problem(node, str(e))
             return None
-        if is_ip_literal(base) and (wildcard or include_subdomains):
-            self.problem(node, f"host {text!r} is an IP address: it takes neither '*.' "
-                               "nor include_subdomains")
-            return None
-        return f"*.{base}" if wildcard else base
 
     def _pins(self, node: Node | None, host: str) -> frozenset[Pin] | None:
         if node is None:

@@ -66,12 +66,17 @@ class Pin:
     digest: bytes
 
     def __str__(self) -> str:
-        return f"{self.kind.value}/{base64.b64encode(self.digest).decode('ascii')}"
+        return f"{self.kind.value}/{self.base64}"
+
+    @property
+    def base64(self) -> str:
+        """The digest alone, as Android, iOS and Envoy write it."""
+        return base64.b64encode(self.digest).decode("ascii")
 
     @property
     def hpkp(self) -> str:
         """The RFC 7469 spelling, used in violation reports (`known-pins`)."""
-        return f'pin-sha256="{base64.b64encode(self.digest).decode("ascii")}"'
+        return f'pin-sha256="{self.base64}"'
 
 
 def parse_pin(text: str) -> Pin:

@@ -213,7 +213,7 @@ def render(pinset: Pinset) -> Converted:
             kept = f"enforced through {rule.expires} (pinset expires)"
             out.append(f"        {xml_comment(kept)}")
             out.append(f'        <pin-set expiration="{rule.expires + _ONE_DAY}">')
-        out.extend(f'            <pin digest="SHA-256">{str(pin).removeprefix("sha256/")}</pin>'
+        out.extend(f'            <pin digest="SHA-256">{pin.base64}</pin>'
                    for pin in sorted(rule.pins, key=str))
         out.extend(["        </pin-set>", "    </domain-config>"])
     out.append("</network-security-config>")

@@ -31,7 +31,7 @@ def render(pinset: Pinset) -> Converted:
         out.append(f"# {rule.location}: {_scope(rule)}")
         out.append(f"{json.dumps(rule.host)}:")
         out.append("  validation_context:")
-        spki = sorted(str(p).partition("/")[2] for p in rule.pins if p.kind is PinKind.SPKI)
+        spki = sorted(p.base64 for p in rule.pins if p.kind is PinKind.SPKI)
         hashes = sorted(p.digest.hex() for p in rule.pins if p.kind is PinKind.CERTIFICATE)
         for field, values in (("verify_certificate_spki", spki),
                               ("verify_certificate_hash", hashes)):

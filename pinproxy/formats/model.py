@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import date
 
 from pinproxy.errors import FormatError, PinproxyError
-from pinproxy.hostnames import is_ip_literal, normalize_host
+from pinproxy.hostnames import is_ip_literal, parse_host_pattern
 from pinproxy.pins import Pin, PinKind
 from pinproxy.pinset import HostRule, Mode, Pinset, Unpinned
 from pinproxy.writer import PinLine, RuleText
@@ -99,18 +99,10 @@ def at(source: str, line: int) -> str:
 
 def host_pattern(text: str, where: str) -> str:
     """A host or `*.host` from an app file, normalised as the loader does; `FormatError` if not."""
-    wildcard = text.startswith("*.")
-    base = text[2:] if wildcard else text
-    if "*" in base:
-        raise FormatError(f"{where}: host {text!r}: '*' is allowed only as a whole leftmost "
-                          "label, as in '*.example.com'")
     try:
-        base = normalize_host(base)
+        return parse_host_pattern(text)
     except PinproxyError as e:
         raise FormatError(f"{where}: {e}") from None
-    if wildcard and is_ip_literal(base):
-        raise FormatError(f"{where}: host {text!r}: an IP address has no subdomains")
-    return f"*.{base}" if wildcard else base
 
 
 # -- import: same-host entries become one rule -------------------------------------------------
