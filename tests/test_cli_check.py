@@ -242,3 +242,14 @@ def test_check_live_reports_a_pin_the_live_chain_does_not_have(
     assert errors == [("leaf.pinned.test", 5)]
     assert not [f for f in findings if f["host"] == "root.pinned.test"]
     assert (code, document["ok"], document["errors"]) == (2, False, 1)
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
+    """`pinproxy schema | head -1`: the closed pipe ends the command quietly."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(f"{sys.executable} -m pinproxy schema | head -c 1", shell=True,
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.stdout == "{"
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr

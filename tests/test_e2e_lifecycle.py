@@ -99,6 +99,7 @@ def test_mitmdump_script_enforces_the_same_pins(tmp_path: Path, pki: Pki, confdi
     (["ignore_hosts=.*"], "pinproxy refuses 'ignore_hosts'"),
     (["allow_hosts=example.com"], "pinproxy refuses 'allow_hosts'"),
     (["connection_strategy=lazy"], "pinproxy needs connection_strategy=eager"),
+    (["stream_large_bodies=1m"], "pinproxy refuses 'stream_large_bodies'"),
     (["mode=reverse:quic://127.0.0.1:1"], "pinproxy supports only the regular"),
     (["pinset=/nonexistent/pins.yaml"], "cannot read pinset"),
     # mitmproxy rejects the duplicate while loading the script and would serve without it
