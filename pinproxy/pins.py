@@ -176,10 +176,11 @@ class KeyMaterial:
 
 
 def read_pem_or_der(data: bytes, source: str) -> list[KeyMaterial]:
-    """Every certificate and key in a PEM bundle, or the one object of a DER file.
+    """Every certificate, key and CSR in a PEM bundle, or the one object of a DER file.
 
-    Private keys yield the pin of their public half, so a backup key can be pinned before it
-    has a certificate. Raises `PinError` naming `source` when nothing usable is found.
+    Private keys and certificate signing requests (CSRs) yield the pin of their public key, so
+    a backup key can be pinned before it has a certificate. Other PEM blocks (parameters, CRLs)
+    hold no key and are skipped. Raises `PinError` naming `source` when nothing usable is found.
     """
     if b"-----BEGIN" in data:
         blocks = (_pem_block(m.group(1).decode("ascii"), m.group(0), source)
@@ -188,7 +189,7 @@ def read_pem_or_der(data: bytes, source: str) -> list[KeyMaterial]:
     else:
         found = [_der_object(data, source)]
     if not found:
-        raise PinError(f"{source}: no certificate or public key found")
+        raise PinError(f"{source}: no certificate, CSR, public key or private key found")
     return found
 
 
@@ -203,8 +204,15 @@ def _pem_block(kind: str, block: bytes, source: str) -> KeyMaterial | None:
             case "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY":
                 key = load_pem_private_key(block, password=None)
                 return KeyMaterial(spki_pin(key.public_key()), None, "public key of private key")
+            case "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST":
+                return _from_csr(x509.load_pem_x509_csr(block), source)
+            case "ENCRYPTED PRIVATE KEY":
+                raise PinError(f"{source}: the private key is encrypted; pin its public key "
+                               "(openssl pkey -pubout) or its CSR instead")
             case _:
                 return None
+    except PinError:
+        raise
     except (ValueError, TypeError, UnsupportedAlgorithm) as e:
         raise PinError(f"{source}: unreadable {kind} block: {e}") from None
 
@@ -219,12 +227,27 @@ def _der_object(data: bytes, source: str) -> KeyMaterial:
     except (ValueError, UnsupportedAlgorithm):
         pass
     try:
+        request = x509.load_der_x509_csr(data)
+    except (ValueError, UnsupportedAlgorithm):
+        pass
+    else:
+        return _from_csr(request, source)
+    try:
         key = load_der_private_key(data, password=None)
         return KeyMaterial(spki_pin(key.public_key()), None, "public key of private key")
     except (ValueError, TypeError, UnsupportedAlgorithm):
         raise PinError(
-            f"{source}: not a PEM or DER certificate, public key or private key"
+            f"{source}: not a PEM or DER certificate, CSR, public key or private key"
         ) from None
+
+
+def _from_csr(request: x509.CertificateSigningRequest, source: str) -> KeyMaterial:
+    """A CSR is signed by the key it requests: one whose signature fails names a key that
+    nobody here is shown to hold, and is refused."""
+    if not request.is_signature_valid:
+        raise PinError(f"{source}: the CSR's signature does not verify with the key it names")
+    subject = request.subject.rfc4514_string() or "(empty subject)"
+    return KeyMaterial(spki_pin(request.public_key()), None, f"public key of CSR {subject}")
 
 
 def _from_certificate(der: bytes) -> KeyMaterial:

@@ -15,16 +15,16 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 
 from pinproxy.commands._args import host_port
 from pinproxy.commands._live import add_probe_options, progress
-from pinproxy.errors import PinproxyError
+from pinproxy.errors import PinError, PinproxyError
 from pinproxy.hostnames import normalize_host
-from pinproxy.keyfiles import read_key_file
-from pinproxy.pins import CertificatePins, KeyMaterial, Pin
+from pinproxy.pins import CertificatePins, KeyMaterial, Pin, read_pem_or_der
 from pinproxy.probe import ProbeResult, probe_many, target_text
 from pinproxy.suggest import BACKUP_NOTE, printable, role, suggested_rule
 from pinproxy.writer import PinLine, RuleText, render_rules
@@ -225,3 +225,12 @@ def _record(target: str, chain: str, depth: int, label: str, spki: Pin,
 def _not_after(cert: CertificatePins) -> str:
     expiry = x509.load_der_x509_certificate(cert.der).not_valid_after_utc
     return expiry.isoformat().replace("+00:00", "Z")
+
+
+def read_key_file(path: str) -> list[KeyMaterial]:
+    """Every certificate, key and CSR of a file; `PinError` names the file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise PinError(f"{path}: {e.strerror or e}") from None
+    return read_pem_or_der(data, path)

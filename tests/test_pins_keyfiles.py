@@ -26,8 +26,9 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from cryptography.x509.oid import NameOID
 
+from pinproxy.commands.pin import read_key_file
 from pinproxy.errors import PinError
-from pinproxy.keyfiles import read_key_file, read_keys
+from pinproxy.pins import read_pem_or_der as read_keys
 
 try:
     from tests import certs
