@@ -8,6 +8,8 @@ faster and keeps nothing but these small objects.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import yaml
 from yaml.events import (
     AliasEvent,
@@ -27,37 +29,36 @@ _RESOLVER = yaml.resolver.Resolver()
 
 
 class Scalar:
-    """A scalar and the YAML type it resolves to (`tag:yaml.org,2002:str`, `…:bool`, …)."""
+    """A scalar and the YAML type it resolves to (`tag:yaml.org,2002:str`, `…:bool`, …).
 
-    __slots__ = ("_event",)
+    Keeps only what the loader reads, not libyaml's event and its two marks: a big pinset has
+    hundreds of thousands of scalars, and holding the events would multiply the peak memory.
+    """
+
+    __slots__ = ("_explicit_tag", "_implicit", "line", "value")
 
     def __init__(self, event: ScalarEvent) -> None:
-        self._event = event
-
-    @property
-    def value(self) -> str:
-        return str(self._event.value)
-
-    @property
-    def line(self) -> int:
-        return _line(self._event)
+        self.value: str = event.value
+        self.line = _line(event)
+        self._explicit_tag: str | None = event.tag if event.tag and event.tag != "!" else None
+        self._implicit: tuple[bool, bool] = event.implicit
 
     @property
     def tag(self) -> str:
-        event = self._event
-        if event.tag and event.tag != "!":
-            return str(event.tag)
+        if self._explicit_tag is not None:
+            return self._explicit_tag
         resolved = _RESOLVER.resolve(  # type: ignore[no-untyped-call]
-            yaml.ScalarNode, event.value, event.implicit)
+            yaml.ScalarNode, self.value, self._implicit)
         return str(resolved)
 
 
 class Sequence:
-    __slots__ = ("items", "line")
+    __slots__ = ("items", "line", "streamed")
 
     def __init__(self, line: int) -> None:
         self.line = line
         self.items: list[Node] = []
+        self.streamed = False  # its items went to `on_item` as they were read, not to `items`
 
 
 class Mapping:
@@ -92,8 +93,13 @@ class Document:
         self.root = root
 
 
-def parse_documents(text: str) -> list[Document]:
-    """Every document of a YAML stream; raises `yaml.YAMLError` (with a mark) for bad YAML."""
+def parse_documents(text: str, stream_key: str | None = None,
+                    on_item: Callable[[Node], None] | None = None) -> list[Document]:
+    """Every document of a YAML stream; raises `yaml.YAMLError` (with a mark) for bad YAML.
+
+    With `stream_key`, each item of the list under that top-level key is handed to `on_item`
+    as soon as it is read, and not kept: a 100 000-rule list never exists as a tree at once.
+    """
     documents: list[Document] = []
     open_containers: list[Sequence | Mapping] = []
     document_line = 1
@@ -105,7 +111,9 @@ def parse_documents(text: str) -> list[Document]:
             open_containers.append(Mapping(_line(event)))
             continue
         elif isinstance(event, SequenceStartEvent):
-            open_containers.append(Sequence(_line(event)))
+            sequence = Sequence(_line(event))
+            sequence.streamed = on_item is not None and _is_value_of(stream_key, open_containers)
+            open_containers.append(sequence)
             continue
         elif isinstance(event, MappingEndEvent | SequenceEndEvent):
             node = open_containers.pop()
@@ -116,11 +124,23 @@ def parse_documents(text: str) -> list[Document]:
             continue
         else:
             continue
-        if open_containers:
-            open_containers[-1].items.append(node)
-        else:
+        if not open_containers:
             documents.append(Document(document_line, node))
+        elif on_item is not None and isinstance(parent := open_containers[-1], Sequence) and (
+            parent.streamed
+        ):
+            on_item(node)
+        else:
+            open_containers[-1].items.append(node)
     return documents
+
+
+def _is_value_of(key: str | None, open_containers: list[Sequence | Mapping]) -> bool:
+    """True when the container starting now is the value of `key` in the top-level mapping."""
+    if len(open_containers) != 1 or not isinstance(root := open_containers[0], Mapping):
+        return False
+    items = root.items
+    return len(items) % 2 == 1 and isinstance(items[-1], Scalar) and items[-1].value == key
 
 
 def _line(event: Event) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -56,6 +57,9 @@ class _Parser:
         self.base_dir = base_dir
         self.problems: list[tuple[int, str]] = []
         self.pins: dict[Pin, Pin] = {}  # one object per distinct pin, shared by every rule
+        self.rules: list[HostRule] = []
+        self.first_line: dict[str, int] = {}  # host -> line of its rule, to report a second
+        self.inheriting: list[int] = []  # rules without `mode:`; they take the pinset's
 
     def problem(self, node: Node | int, message: str) -> None:
         self.problems.append((node if isinstance(node, int) else node.line, message))
@@ -70,19 +74,22 @@ class _Parser:
 
     def _compose(self, text: str) -> Node | None:
         try:
-            documents = parse_documents(text)
+            documents = parse_documents(text, stream_key="hosts", on_item=self._add_rule)
         except yaml.MarkedYAMLError as e:
+            self.problems.clear()  # rules read before the syntax error are beside the point
             mark = e.problem_mark or e.context_mark
             line = mark.line + 1 if mark else 1
             self.problem(line, f"not valid YAML: {e.problem or e.context}")
             return None
         except yaml.YAMLError as e:
+            self.problems.clear()
             self.problem(1, f"not valid YAML: {e}")
             return None
         if not documents:
             self.problem(1, "the pinset is empty: it needs 'version: 1' and a 'hosts:' list")
             return None
         if len(documents) > 1:
+            self.problems.clear()
             self.problem(documents[1].line, "a pinset is one YAML document, and a second one "
                                             "starts here; remove it and its '---'")
             return None
@@ -114,21 +121,29 @@ class _Parser:
         if not isinstance(node, Sequence):
             self.problem(node, f"'hosts' must be a list of host rules, not {_kind(node)}")
             return None
-        rules: list[HostRule] = []
-        first_seen: dict[str, int] = {}
-        for item in node.items:
-            rule = self._rule(item, default_mode)
-            if rule is None:
-                continue
-            if rule.host in first_seen:
-                self.problem(item, f"host {rule.host!r} has a second rule; "
-                                   f"the first is at line {first_seen[rule.host]}")
-                continue
-            first_seen[rule.host] = rule.location.line
-            rules.append(rule)
-        return rules
+        for item in node.items:  # empty when the rules were streamed in as they were read
+            self._add_rule(item)
+        if default_mode is not Mode.ENFORCE:
+            for index in self.inheriting:
+                self.rules[index] = replace(self.rules[index], mode=default_mode)
+        return self.rules
 
-    def _rule(self, node: Node, default_mode: Mode) -> HostRule | None:
+    def _add_rule(self, node: Node) -> None:
+        found = self._rule(node)
+        if found is None:
+            return
+        rule, inherits_mode = found
+        if rule.host in self.first_line:
+            self.problem(node, f"host {rule.host!r} has a second rule; "
+                               f"the first is at line {self.first_line[rule.host]}")
+            return
+        self.first_line[rule.host] = rule.location.line
+        if inherits_mode:
+            self.inheriting.append(len(self.rules))
+        self.rules.append(rule)
+
+    def _rule(self, node: Node) -> tuple[HostRule, bool] | None:
+        """A rule, and whether it takes the pinset's mode (not known yet while streaming)."""
         fields = self._mapping(node, "a host rule", _RULE_KEYS, required=("host", "pins"))
         if fields is None:
             return None
@@ -139,13 +154,14 @@ class _Parser:
         host = self._host(fields.get("host"), bool(include_subdomains))
         pins = self._pins(fields.get("pins"), host or "this host")
         expires = self._date(fields["expires"]) if "expires" in fields else None
-        mode = self._choice(fields.get("mode"), "'mode'", Mode, default_mode)
+        mode = self._choice(fields.get("mode"), "'mode'", Mode, Mode.ENFORCE)
         if host is None or pins is None or include_subdomains is None or mode is None:
             return None
         if "expires" in fields and expires is None:
             return None
-        return HostRule(host=host, pins=pins, location=Location(self.source, node.line),
+        rule = HostRule(host=host, pins=pins, location=Location(self.source, node.line),
                         include_subdomains=include_subdomains, mode=mode, expires=expires)
+        return rule, "mode" not in fields
 
     # -- values ----------------------------------------------------------------------------
 

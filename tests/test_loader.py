@@ -651,3 +651,20 @@ def test_every_problem_is_reported_in_file_order(tmp_path: Path) -> None:
         (14, "'mode' must be one of 'enforce' or 'report'"),
         (15, "unsupported pinset version '2'"),
     ])
+
+
+def test_rules_take_the_pinset_mode_written_after_the_hosts(tmp_path: Path) -> None:
+    """Rules are read while the file streams in, before a later `mode:` is known."""
+    path = write(tmp_path, f"""
+        version: 1
+        hosts:
+          - host: a.example
+            pins: [{P}]
+          - host: b.example
+            mode: enforce
+            pins: [{P}]
+        mode: report
+    """)
+    pinset = load_pinset(path)
+    assert [(r.host, r.mode) for r in pinset.rules] == [
+        ("a.example", Mode.REPORT), ("b.example", Mode.ENFORCE)]
