@@ -2,7 +2,7 @@
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: run test lint clean
+.PHONY: run test lint bench bench-decision clean
 
 $(VENV)/.installed: pyproject.toml
 	"$$(scripts/find-python)" -m venv $(VENV)
@@ -17,8 +17,15 @@ test: $(VENV)/.installed  ## run the whole test suite
 	$(PYTHON) -m pytest $(ARGS)
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check pinproxy addons tests
+	$(VENV)/bin/ruff check pinproxy addons tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --strict bench
+
+bench: $(VENV)/.installed  ## pinproxy vs plain mitmdump on loopback (needs nginx, curl; ~9 min; ARGS=--quick: 30 s)
+	$(PYTHON) bench/run.py $(ARGS)
+
+bench-decision: $(VENV)/.installed  ## the pin decision alone (~1 min)
+	$(PYTHON) bench/decision.py $(ARGS)
 
 clean:
 	rm -rf $(VENV)
