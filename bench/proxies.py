@@ -55,15 +55,18 @@ def variant(name: str, pinproxy_args: Sequence[str] = ()) -> Variant:
 
 @dataclass(frozen=True, slots=True)
 class ProxySetup:
-    """What every proxy gets: one CA directory (made once, before any timed start)."""
+    """What every proxy gets. Each kind keeps the CA it makes by default (mitmproxy RSA-2048,
+    pinproxy ECDSA P-256: the key signs every client handshake), made before any timed start."""
 
-    confdir: Path
+    confdir: Path  # holds one CA directory per kind of proxy
     upstream_ca: Path
     logs: Path
 
-    @property
-    def proxy_ca(self) -> Path:
-        return self.confdir / "mitmproxy-ca-cert.pem"
+    def confdir_for(self, proxy: Variant) -> Path:
+        return self.confdir / ("mitmdump" if proxy.pinproxy_args is None else "pinproxy")
+
+    def proxy_ca(self, proxy: Variant) -> Path:
+        return self.confdir_for(proxy) / "mitmproxy-ca-cert.pem"
 
 
 class ProxyFailed(RuntimeError):
@@ -77,6 +80,7 @@ class RunningProxy:
     port: int
     startup: float  # seconds from process start to the port accepting connections
     log: Path
+    ca: Path  # the proxy's CA certificate, which clients must trust
 
     def rss_kib(self) -> int:
         """Resident memory of the proxy and all its processes (workers), in KiB."""
@@ -97,11 +101,11 @@ def _command(proxy: Variant, setup: ProxySetup, port: int, pinset: Path) -> list
     if proxy.pinproxy_args is None:
         mitmdump = Path(sys.executable).parent / "mitmdump"
         return [str(mitmdump), "-q", "--listen-host", _proc.LOOPBACK, "--listen-port", str(port),
-                "--set", f"confdir={setup.confdir}",
+                "--set", f"confdir={setup.confdir_for(proxy)}",
                 "--set", f"ssl_verify_upstream_trusted_ca={setup.upstream_ca}",
                 "--set", "connection_strategy=eager"]
     return [sys.executable, "-m", "pinproxy", "run", "--listen-host", _proc.LOOPBACK,
-            "--listen-port", str(port), "--confdir", str(setup.confdir),
+            "--listen-port", str(port), "--confdir", str(setup.confdir_for(proxy)),
             "--upstream-ca", str(setup.upstream_ca), "--pinset", str(pinset),
             *proxy.pinproxy_args]
 
@@ -139,4 +143,4 @@ def start(proxy: Variant, setup: ProxySetup, pinset: Path, timeout: float = 180.
         _proc.stop(process)
         reason = _proc.last_line(log) if exited else f"not listening after {timeout:.0f} s"
         raise ProxyFailed(f"{proxy.name} (exit {process.returncode}): {reason}")
-    return RunningProxy(proxy, process, port, startup, log)
+    return RunningProxy(proxy, process, port, startup, log, setup.proxy_ca(proxy))

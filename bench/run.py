@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # run as `python bench/run.py`: make the `bench` 
 
 import pinproxy
 from bench import load, nginx, pinsets, pki, proxies, results, soak
+from pinproxy.ca import ensure_ca
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +216,7 @@ def _measure(config: Config, setup: proxies.ProxySetup, server: nginx.Nginx, cur
         return results.ProxyRun(size, number, variant.name, None, None,
                                 error=f"{e} (skipped from here on)")
     try:
-        target = load.Target(curl, proxy.port, setup.proxy_ca, server.port)
+        target = load.Target(curl, proxy.port, proxy.ca, server.port)
         for workload in config.workloads:  # warm-up: certificates, caches, connections
             load.run_load(target, workload, 2 * config.parallel, config.parallel, 10)
         loads = tuple(_measured_load(proxy, target, workload, config)
@@ -241,15 +242,16 @@ def _calibrate(setup: proxies.ProxySetup, server: nginx.Nginx, curl: str,
 
     curl's own count (`%{num_connects}`) and nginx's (`stub_status` accepts: mitmproxy opens
     one upstream connection per tunnel) must agree; a new-tunnel workload that reused tunnels
-    would measure the wrong thing. Also creates the proxy CA before any start-up is timed.
+    would measure the wrong thing. Also creates both proxies' CAs before any start-up is timed.
     """
+    ensure_ca(str(setup.confdir_for(proxies.variant("pinproxy"))))
     try:
         proxy = proxies.start(proxies.variant(proxies.PLAIN), setup, Path())  # takes no pinset
     except proxies.ProxyFailed as e:
         raise BenchError(f"calibration: {e}") from None
     found: dict[str, dict[str, int]] = {}
     try:
-        target = load.Target(curl, proxy.port, setup.proxy_ca, server.port)
+        target = load.Target(curl, proxy.port, proxy.ca, server.port)
         for workload in config.workloads:
             transfers = (2 if workload.tunnel_per_request else 4) * config.parallel
             before = server.accepted_connections()
@@ -286,7 +288,7 @@ def _soak(args: argparse.Namespace, config: Config, setup: proxies.ProxySetup,
     _say(f"soak: {variant.name} with {pinset.name}, {args.soak:g} s of keep-alive + new-tunnel "
          f"load, RSS every {args.soak_interval:g} s")
     try:
-        target = load.Target(curl, proxy.port, setup.proxy_ca, server.port)
+        target = load.Target(curl, proxy.port, proxy.ca, server.port)
         result = soak.soak(proxy, target, args.soak, args.soak_interval, config.parallel, _say)
     finally:
         proxy.stop()

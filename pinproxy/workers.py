@@ -12,31 +12,17 @@ append-only file.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from types import FrameType
 
 from pinproxy.errors import PinproxyError
 
-__all__ = ["enable_reuse_port", "ensure_ca", "reserve_port", "supervise"]
-
-
-def ensure_ca(confdir: str) -> None:
-    """Create the proxy CA in `confdir` now, once, as mitmproxy would on first start."""
-    from mitmproxy import certs
-
-    path = Path(os.path.expanduser(confdir))
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        certs.CertStore.from_store(path, "mitmproxy", 2048)
-    except OSError as e:
-        raise PinproxyError(f"--confdir {confdir}: {e.strerror or e}") from None
+__all__ = ["enable_reuse_port", "reserve_port", "supervise"]
 
 
 def reserve_port(host: str, port: int) -> socket.socket:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pinproxy.ca import ensure_ca
 from pinproxy.commands._args import port
 from pinproxy.errors import PinproxyError
 from pinproxy.pins import read_pem_or_der
@@ -51,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
             read_pem_or_der(Path(args.upstream_ca).read_bytes(), args.upstream_ca)
         except OSError as e:
             raise PinproxyError(f"--upstream-ca {args.upstream_ca}: {e.strerror or e}") from None
+    if args.worker is None:  # the supervisor made it before starting the workers
+        ensure_ca(args.confdir)
     if args.workers > 1:
         return _supervise(args)
     return asyncio.run(_serve(args))
@@ -59,10 +62,9 @@ def run(args: argparse.Namespace) -> int:
 def _supervise(args: argparse.Namespace) -> int:
     """Check what every worker would check, once, then start the workers on one port."""
     from pinproxy.loader import load_pinset
-    from pinproxy.workers import ensure_ca, reserve_port, supervise
+    from pinproxy.workers import reserve_port, supervise
 
     load_pinset(args.pinset)  # a bad pinset: one set of messages, not one per worker
-    ensure_ca(args.confdir)
     with reserve_port(args.listen_host, args.listen_port) as reserved:
         port = reserved.getsockname()[1]
         common = [sys.executable, "-m", "pinproxy", "run", "--pinset", args.pinset,
