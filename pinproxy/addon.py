@@ -381,9 +381,14 @@ class _HandshakeCheck:
 
 
 def _served_chain(conn: SSL.Connection) -> list[CertificatePins]:
-    """The certificates the server sent, for reports only (never for the decision)."""
-    sent = conn.get_peer_cert_chain() or []
-    return [certificate_pins(crypto.dump_certificate(crypto.FILETYPE_ASN1, c)) for c in sent]
+    """The certificates the server sent, for reports only (never for the decision): best
+    effort, so a report can never turn a report-mode pass into a refusal."""
+    try:
+        sent = conn.get_peer_cert_chain() or []
+        return [certificate_pins(crypto.dump_certificate(crypto.FILETYPE_ASN1, c)) for c in sent]
+    except (SSL.Error, crypto.Error, ValueError) as e:
+        logger.debug("pinproxy could not read the served chain for a report: %s", e)
+        return []
 
 
 def _verify_error(errno: int, depth: int) -> str:
