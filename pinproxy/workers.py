@@ -12,6 +12,7 @@ append-only file.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -22,7 +23,31 @@ from types import FrameType
 
 from pinproxy.errors import PinproxyError
 
-__all__ = ["enable_reuse_port", "reserve_port", "supervise"]
+__all__ = ["enable_reuse_port", "reserve_port", "supervise", "validate_pinset"]
+
+
+def validate_pinset(path: str) -> int:
+    """Load the pinset in a forked child and return its exit code: 0, or 2 after it printed
+    every problem. The parent never holds the parsed pinset; each worker loads its own."""
+    from pinproxy.errors import PinsetError
+    from pinproxy.loader import load_pinset
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()  # single-threaded here: no event loop, no workers yet
+    if pid == 0:
+        code = 0
+        try:
+            load_pinset(path)
+        except PinsetError as e:
+            print("\n".join(e.problems), file=sys.stderr)
+            code = 2
+        except BaseException:  # noqa: BLE001 - a child must never return into the caller
+            code = 70
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 def reserve_port(host: str, port: int) -> socket.socket:

@@ -294,3 +294,13 @@ def children_of(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             found.append(int(stat.parent.name))
     return sorted(found)
+
+
+def test_workers_report_a_bad_pinset_once(tmp_path: Path, confdir: Path) -> None:
+    pinset = tmp_path / "bad.yaml"
+    pinset.write_text("version: 1\nhosts:\n  - host: a.test\n    pins: []\n")
+    done = run_pinproxy("run", "--pinset", str(pinset), "--confdir", str(confdir),
+                        "--listen-port", "0", "--workers", "2")
+    assert done.returncode == 2
+    assert done.stderr.count("has an empty 'pins' list") == 1
+    assert "Traceback" not in done.stderr + done.stdout

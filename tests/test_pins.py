@@ -215,7 +215,8 @@ def test_pem_bundle_skips_blocks_that_hold_no_key_but_keeps_the_rest() -> None:
     noise = b"# comment\n-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n"
     found = read_pem_or_der(noise + pki.root_pem, "mixed.pem")
     assert [item.spki for item in found] == [pki.chain[2].spki]
-    with pytest.raises(PinError, match=r"^only-crl\.pem: no certificate, CSR, public key or private key found$"):
+    with pytest.raises(PinError, match=r"^only-crl\.pem: no certificate, CSR, public key or "
+                                       r"private key found$"):
         read_pem_or_der(noise, "only-crl.pem")
 
 

@@ -61,10 +61,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _supervise(args: argparse.Namespace) -> int:
     """Check what every worker would check, once, then start the workers on one port."""
-    from pinproxy.loader import load_pinset
-    from pinproxy.workers import reserve_port, supervise
+    from pinproxy.workers import reserve_port, supervise, validate_pinset
 
-    load_pinset(args.pinset)  # a bad pinset: one set of messages, not one per worker
+    # A bad pinset: one set of messages, not one per worker. Checked in a child process, so the
+    # supervisor does not keep a parsed pinset (up to 100+ MB) that it never uses.
+    if code := validate_pinset(args.pinset):
+        return code
     with reserve_port(args.listen_host, args.listen_port) as reserved:
         port = reserved.getsockname()[1]
         common = [sys.executable, "-m", "pinproxy", "run", "--pinset", args.pinset,
