@@ -9,6 +9,7 @@ faster and keeps nothing but these small objects.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import yaml
 from yaml.events import (
@@ -39,7 +40,7 @@ class Scalar:
 
     def __init__(self, event: ScalarEvent) -> None:
         self.value: str = event.value
-        self.line = _line(event)
+        self.line: int = event.start_mark.line + 1 if event.start_mark else 1
         self._explicit_tag: str | None = event.tag if event.tag and event.tag != "!" else None
         self._implicit: tuple[bool, bool] = event.implicit
 
@@ -105,21 +106,22 @@ def parse_documents(text: str, stream_key: str | None = None,
     document_line = 1
     for event in yaml.parse(text, Loader=_PARSER):
         node: Node
-        if isinstance(event, ScalarEvent):
-            node = Scalar(event)
-        elif isinstance(event, MappingStartEvent):
+        kind = type(event)  # one type check per event: a big pinset has about a million
+        if kind is ScalarEvent:
+            node = Scalar(cast(ScalarEvent, event))
+        elif kind is MappingStartEvent:
             open_containers.append(Mapping(_line(event)))
             continue
-        elif isinstance(event, SequenceStartEvent):
+        elif kind is SequenceStartEvent:
             sequence = Sequence(_line(event))
             sequence.streamed = on_item is not None and _is_value_of(stream_key, open_containers)
             open_containers.append(sequence)
             continue
-        elif isinstance(event, MappingEndEvent | SequenceEndEvent):
+        elif kind is MappingEndEvent or kind is SequenceEndEvent:
             node = open_containers.pop()
-        elif isinstance(event, AliasEvent):
+        elif kind is AliasEvent:
             node = Alias(_line(event))
-        elif isinstance(event, DocumentStartEvent):
+        elif kind is DocumentStartEvent:
             document_line = _line(event)
             continue
         else:

@@ -79,7 +79,7 @@ def parse_host_pattern(text: str, include_subdomains: bool = False) -> str:
         raise HostnameError(f"host {text!r}: '*' is allowed only as a whole leftmost label, "
                             "as in '*.example.com'")
     base = normalize_host(base)
-    if is_ip_literal(base) and (wildcard or include_subdomains):
+    if (wildcard or include_subdomains) and is_ip_literal(base):
         raise HostnameError(f"host {text!r} is an IP address: it takes neither '*.' "
                             "nor include_subdomains")
     return f"*.{base}" if wildcard else base
