@@ -22,7 +22,7 @@ from pinproxy.pins import CertificatePins
 from pinproxy.pinset import HostRule, Pinset
 from pinproxy.policy import Action, Reason, decide
 from pinproxy.probe import ConnectOverride, ProbeResult, probe_many
-from pinproxy.suggest import printable
+from pinproxy.writer import printable
 
 __all__ = ["LIVE_CODES", "live_findings", "rule_findings"]
 

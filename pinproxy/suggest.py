@@ -11,22 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pinproxy.pins import CertificatePins
-from pinproxy.writer import PinLine, RuleText
+from pinproxy.writer import PinLine, RuleText, printable
 
-__all__ = ["BACKUP_NOTE", "printable", "role", "suggested_rule"]
+__all__ = ["BACKUP_NOTE", "role", "suggested_rule"]
 
 BACKUP_NOTE = ("backup pin still missing: run 'pinproxy backup-key' and add the pin it prints "
                "to this rule before enforcing")
-
-
-def printable(text: str) -> str:
-    """A subject safe to print or to put in a YAML comment.
-
-    Subjects come from whatever server was probed: a newline in one would start a new YAML
-    line (a rule the operator never chose) and an escape sequence would drive the terminal.
-    """
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 0x100
-                   else f"\\u{ord(c):04x}" for c in text)
 
 
 def role(depth: int, length: int) -> str:

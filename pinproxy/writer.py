@@ -15,7 +15,8 @@ from datetime import date
 from pinproxy.pins import Pin
 from pinproxy.pinset import HostRule, Mode, Pinset, Unpinned
 
-__all__ = ["PinLine", "RuleText", "render_loaded", "render_pinset", "render_rules", "rule_text"]
+__all__ = ["PinLine", "RuleText", "printable", "render_loaded", "render_pinset", "render_rules",
+           "rule_text"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +52,7 @@ def render_rules(rules: Iterable[RuleText], indent: str = "  ") -> str:
     """The items of a `hosts:` list."""
     out: list[str] = []
     for rule in rules:
-        out.extend(f"{indent}# {_one_line(note)}" for note in rule.notes)
+        out.extend(f"{indent}# {printable(note)}" for note in rule.notes)
         out.append(f"{indent}- host: {_quoted(rule.host)}")
         if rule.include_subdomains:
             out.append(f"{indent}  include_subdomains: true")
@@ -61,7 +62,7 @@ def render_rules(rules: Iterable[RuleText], indent: str = "  ") -> str:
             out.append(f"{indent}  expires: {rule.expires.isoformat()}")
         out.append(f"{indent}  pins:")
         for line in rule.pins:
-            comment = f"  # {_one_line(line.comment)}" if line.comment else ""
+            comment = f"  # {printable(line.comment)}" if line.comment else ""
             out.append(f"{indent}    - {_quoted(str(line.pin))}{comment}")
     return "\n".join(out) + ("\n" if out else "")
 
@@ -69,7 +70,7 @@ def render_rules(rules: Iterable[RuleText], indent: str = "  ") -> str:
 def render_pinset(rules: Sequence[RuleText], mode: Mode = Mode.ENFORCE,
                   unpinned: Unpinned = Unpinned.ALLOW, header: Sequence[str] = ()) -> str:
     """A whole version-1 pinset file."""
-    lines = [f"# {_one_line(line)}" if line else "#" for line in header]
+    lines = [f"# {printable(line)}" if line else "#" for line in header]
     lines += ["version: 1", f"mode: {mode.value}", f"unpinned: {unpinned.value}"]
     body = render_rules(rules)
     lines.append("hosts:" if body else "hosts: []")
@@ -82,9 +83,12 @@ def render_loaded(pinset: Pinset, header: Sequence[str] = ()) -> str:
                          pinset.unpinned, header)
 
 
-def _one_line(text: str) -> str:
-    """A comment stays one comment: a certificate subject could hold a newline and YAML."""
-    return "".join(c if c.isprintable() else "?" for c in text)
+def printable(text: str) -> str:
+    """Text from outside (a certificate subject, a file name) safe to print or to put in a YAML
+    comment: a newline would start a YAML line the operator never chose, and an escape
+    sequence would drive the terminal."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 0x100
+                   else f"\\u{ord(c):04x}" for c in text)
 
 
 def _quoted(text: str) -> str:

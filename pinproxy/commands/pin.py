@@ -26,8 +26,8 @@ from pinproxy.errors import PinError, PinproxyError
 from pinproxy.hostnames import normalize_host
 from pinproxy.pins import CertificatePins, KeyMaterial, Pin, read_pem_or_der
 from pinproxy.probe import ProbeResult, probe_many, target_text
-from pinproxy.suggest import BACKUP_NOTE, printable, role, suggested_rule
-from pinproxy.writer import PinLine, RuleText, render_rules
+from pinproxy.suggest import BACKUP_NOTE, role, suggested_rule
+from pinproxy.writer import PinLine, RuleText, printable, render_rules
 
 EXIT_UNVERIFIED = 1
 EXIT_ERROR = 2
