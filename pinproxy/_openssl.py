@@ -1,13 +1,21 @@
-"""The two OpenSSL calls pyOpenSSL has no public API for, in one place (mitmproxy uses both)."""
+"""pyOpenSSL at the boundary: its certificates as pins, and the two OpenSSL calls it has no
+public API for (mitmproxy uses both)."""
 
 from __future__ import annotations
 
 import ipaddress
 
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
+
+from pinproxy.pins import CertificatePins, certificate_pins
 
 _ffi = SSL._ffi  # type: ignore[attr-defined]
 _lib = SSL._lib  # type: ignore[attr-defined]
+
+
+def x509_pins(cert: crypto.X509) -> CertificatePins:
+    """The (cached) pins of a certificate pyOpenSSL handed over."""
+    return certificate_pins(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert))
 
 
 def verify_error_text(errno: int) -> str:

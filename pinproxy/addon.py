@@ -25,11 +25,11 @@ from mitmproxy.proxy import commands, events, layer, layers, server_hooks
 from mitmproxy.proxy.mode_specs import ProxyMode, RegularMode
 from OpenSSL import SSL, crypto
 
-from pinproxy._openssl import verify_error_text
+from pinproxy._openssl import verify_error_text, x509_pins
 from pinproxy.errors import HostnameError, PinproxyError
 from pinproxy.hostnames import normalize_host
 from pinproxy.loader import load_pinset
-from pinproxy.pins import CertificatePins, certificate_pins
+from pinproxy.pins import CertificatePins
 from pinproxy.pinset import Location, Pinset
 from pinproxy.policy import (
     Action,
@@ -351,7 +351,7 @@ class _HandshakeCheck:
     def __call__(self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int,
                  ok: int) -> bool:
         try:
-            certificate = certificate_pins(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert))
+            certificate = x509_pins(cert)
             self.chain[depth] = certificate
             if not ok:
                 self._verdict(conn, Decision(
@@ -385,7 +385,7 @@ def _served_chain(conn: SSL.Connection) -> list[CertificatePins]:
     effort, so a report can never turn a report-mode pass into a refusal."""
     try:
         sent = conn.get_peer_cert_chain() or []
-        return [certificate_pins(crypto.dump_certificate(crypto.FILETYPE_ASN1, c)) for c in sent]
+        return [x509_pins(c) for c in sent]
     except (SSL.Error, crypto.Error, ValueError) as e:
         logger.debug("pinproxy could not read the served chain for a report: %s", e)
         return []

@@ -21,7 +21,7 @@ from pinproxy.hostnames import parse_host_pattern
 from pinproxy.pins import Pin, parse_pin, read_pem_or_der
 from pinproxy.pinset import HostRule, Location, Mode, Pinset, Unpinned
 
-__all__ = ["load_pinset", "parse_pinset"]
+__all__ = ["load_pinset", "parse_day", "parse_pinset"]
 
 SUPPORTED_VERSIONS = (1,)
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")  # fromisoformat alone also takes 20271231, 2027-W52
@@ -33,6 +33,13 @@ _BOOL = "tag:yaml.org,2002:bool"
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
 _TYPE_NAMES = {_STR: "a string", _INT: "a number", _BOOL: "a boolean", _TIMESTAMP: "a date",
                "tag:yaml.org,2002:float": "a number", "tag:yaml.org,2002:null": "empty"}
+
+
+def parse_day(text: str) -> dt.date:
+    """A day written YYYY-MM-DD, and nothing else `date.fromisoformat` would take; ValueError."""
+    if not _DATE.fullmatch(text):
+        raise ValueError(f"{text!r} is not a date written YYYY-MM-DD")
+    return dt.date.fromisoformat(text)
 
 
 def load_pinset(path: str | Path) -> Pinset:
@@ -213,11 +220,9 @@ class _Parser:
             return None
 
     def _date(self, node: Node) -> dt.date | None:
-        if isinstance(node, Scalar) and node.tag in (_TIMESTAMP, _STR) and _DATE.fullmatch(
-            node.value
-        ):
+        if isinstance(node, Scalar) and node.tag in (_TIMESTAMP, _STR):
             try:
-                return dt.date.fromisoformat(node.value)
+                return parse_day(node.value)
             except ValueError:
                 pass
         if not self._refuse_alias(node):

@@ -21,9 +21,9 @@ from typing import Protocol
 import certifi
 from OpenSSL import SSL, crypto
 
-from pinproxy._openssl import expect_name, verify_error_text
+from pinproxy._openssl import expect_name, verify_error_text, x509_pins
 from pinproxy.errors import PinproxyError
-from pinproxy.pins import CertificatePins, certificate_pins
+from pinproxy.pins import CertificatePins
 
 __all__ = ["ConnectOverride", "ProbeResult", "check_ca_file", "probe", "probe_many", "route",
            "target_text"]
@@ -202,4 +202,4 @@ def _ssl_error_text(error: SSL.Error) -> str:
 
 
 def _pins(chain: list[crypto.X509]) -> list[CertificatePins]:
-    return [certificate_pins(crypto.dump_certificate(crypto.FILETYPE_ASN1, c)) for c in chain]
+    return [x509_pins(c) for c in chain]

@@ -157,6 +157,7 @@ def start_expecting_exit(command: list[str], confdir: Path) -> Proxy:
 @pytest.mark.parametrize(("args", "expected"), [
     (["--listen-port", "70000"], "is not a port number"),
     (["--upstream-ca", "/nonexistent.pem"], "--upstream-ca /nonexistent.pem"),
+    (["--upstream-ca", "config/pins.yaml"], "no CA certificate could be read"),
     (["--pinset", "/nonexistent/pins.yaml"], "cannot read pinset"),
     (["--report-log", "/nonexistent/dir/r.jsonl"], "cannot open report log"),
 ])

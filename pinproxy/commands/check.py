@@ -16,13 +16,12 @@ from pinproxy.commands._live import add_probe_options
 from pinproxy.errors import PinproxyError, PinsetError
 from pinproxy.lint import CODES, Finding, Severity, lint
 from pinproxy.live import LIVE_CODES, live_findings
-from pinproxy.loader import load_pinset
+from pinproxy.loader import load_pinset, parse_day
 from pinproxy.pinset import Location, Pinset
 
 EXIT_OK = 0
 EXIT_WARNINGS = 1  # only with --strict
 EXIT_ERRORS = 2
-_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _LINE = re.compile(r"([0-9]+): (.*)", re.DOTALL)  # a loader problem after its `path:`
 
 
@@ -91,11 +90,9 @@ def check(args: argparse.Namespace) -> int:
 
 def _day(text: str) -> dt.date:
     try:
-        if _DATE.fullmatch(text):
-            return dt.date.fromisoformat(text)
+        return parse_day(text)
     except ValueError:
-        pass
-    raise argparse.ArgumentTypeError(f"{text!r} is not a date written YYYY-MM-DD")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date written YYYY-MM-DD") from None
 
 
 def _exit_code(findings: Sequence[Finding], strict: bool) -> int:

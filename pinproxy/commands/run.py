@@ -7,13 +7,12 @@ import asyncio
 import logging
 import signal
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pinproxy.ca import ensure_ca
 from pinproxy.commands._args import port
 from pinproxy.errors import PinproxyError
-from pinproxy.pins import read_pem_or_der
+from pinproxy.probe import check_ca_file
 
 if TYPE_CHECKING:
     from pinproxy.addon import Pinning
@@ -48,10 +47,10 @@ def _workers(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.upstream_ca:
-        try:
-            read_pem_or_der(Path(args.upstream_ca).read_bytes(), args.upstream_ca)
-        except OSError as e:
-            raise PinproxyError(f"--upstream-ca {args.upstream_ca}: {e.strerror or e}") from None
+        try:  # the check `pin` and `check --live` use: CA certificates OpenSSL can load
+            check_ca_file(args.upstream_ca)
+        except PinproxyError as e:
+            raise PinproxyError(f"--upstream-ca {e}") from None
     if args.worker is None:  # the supervisor made it before starting the workers
         ensure_ca(args.confdir)
     if args.workers > 1:
