@@ -9,7 +9,7 @@ faster and keeps nothing but these small objects.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import cast
+from typing import BinaryIO
 
 import yaml
 from yaml.events import (
@@ -27,6 +27,7 @@ __all__ = ["Alias", "Document", "Mapping", "Node", "Scalar", "Sequence", "parse_
 
 _PARSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when PyYAML was built with it
 _RESOLVER = yaml.resolver.Resolver()
+_STR = "tag:yaml.org,2002:str"
 
 
 class Scalar:
@@ -36,21 +37,12 @@ class Scalar:
     hundreds of thousands of scalars, and holding the events would multiply the peak memory.
     """
 
-    __slots__ = ("_explicit_tag", "_implicit", "line", "value")
+    __slots__ = ("line", "tag", "value")
 
-    def __init__(self, event: ScalarEvent) -> None:
-        self.value: str = event.value
-        self.line: int = event.start_mark.line + 1 if event.start_mark else 1
-        self._explicit_tag: str | None = event.tag if event.tag and event.tag != "!" else None
-        self._implicit: tuple[bool, bool] = event.implicit
-
-    @property
-    def tag(self) -> str:
-        if self._explicit_tag is not None:
-            return self._explicit_tag
-        resolved = _RESOLVER.resolve(  # type: ignore[no-untyped-call]
-            yaml.ScalarNode, self.value, self._implicit)
-        return str(resolved)
+    def __init__(self, value: str, line: int, tag: str) -> None:
+        self.value = value
+        self.line = line
+        self.tag = tag
 
 
 class Sequence:
@@ -68,10 +60,6 @@ class Mapping:
     def __init__(self, line: int) -> None:
         self.line = line
         self.items: list[Node] = []  # key, value, key, value, …
-
-    @property
-    def pairs(self) -> list[tuple[Node, Node]]:
-        return list(zip(self.items[0::2], self.items[1::2], strict=True))
 
 
 class Alias:
@@ -94,47 +82,64 @@ class Document:
         self.root = root
 
 
-def parse_documents(text: str, stream_key: str | None = None,
+def parse_documents(text: str | bytes | BinaryIO, stream_key: str | None = None,
                     on_item: Callable[[Node], None] | None = None) -> list[Document]:
     """Every document of a YAML stream; raises `yaml.YAMLError` (with a mark) for bad YAML.
 
     With `stream_key`, each item of the list under that top-level key is handed to `on_item`
     as soon as it is read, and not kept: a 100 000-rule list never exists as a tree at once.
+    A binary file is read in chunks; a `str` costs libyaml a UTF-8 copy of the whole text.
     """
     documents: list[Document] = []
     open_containers: list[Sequence | Mapping] = []
     document_line = 1
-    for event in yaml.parse(text, Loader=_PARSER):
-        node: Node
-        kind = type(event)  # one type check per event: a big pinset has about a million
-        if kind is ScalarEvent:
-            node = Scalar(cast(ScalarEvent, event))
-        elif kind is MappingStartEvent:
-            open_containers.append(Mapping(_line(event)))
-            continue
-        elif kind is SequenceStartEvent:
-            sequence = Sequence(_line(event))
-            sequence.streamed = on_item is not None and _is_value_of(stream_key, open_containers)
-            open_containers.append(sequence)
-            continue
-        elif kind is MappingEndEvent or kind is SequenceEndEvent:
-            node = open_containers.pop()
-        elif kind is AliasEvent:
-            node = Alias(_line(event))
-        elif kind is DocumentStartEvent:
-            document_line = _line(event)
-            continue
-        else:
-            continue
-        if not open_containers:
-            documents.append(Document(document_line, node))
-        elif on_item is not None and isinstance(parent := open_containers[-1], Sequence) and (
-            parent.streamed
-        ):
-            on_item(node)
-        else:
-            open_containers[-1].items.append(node)
+    parser = _PARSER(text)
+    try:
+        # About a million events for a big pinset: one type test per event, no generator.
+        while (event := parser.get_event()) is not None:
+            node: Node
+            kind = type(event)
+            if kind is ScalarEvent:
+                node = Scalar(event.value, event.start_mark.line + 1, _scalar_tag(event))
+            elif kind is MappingStartEvent:
+                open_containers.append(Mapping(_line(event)))
+                continue
+            elif kind is SequenceStartEvent:
+                sequence = Sequence(_line(event))
+                sequence.streamed = on_item is not None and _is_value_of(stream_key,
+                                                                         open_containers)
+                open_containers.append(sequence)
+                continue
+            elif kind is MappingEndEvent or kind is SequenceEndEvent:
+                node = open_containers.pop()
+            elif kind is AliasEvent:
+                node = Alias(_line(event))
+            elif kind is DocumentStartEvent:
+                document_line = _line(event)
+                continue
+            else:
+                continue
+            if not open_containers:
+                documents.append(Document(document_line, node))
+            elif on_item is not None and isinstance(parent := open_containers[-1], Sequence) and (
+                parent.streamed
+            ):
+                on_item(node)
+            else:
+                open_containers[-1].items.append(node)
+    finally:
+        parser.dispose()
     return documents
+
+
+def _scalar_tag(event: ScalarEvent) -> str:
+    """The tag a safe loader would give: explicit, else quoted means str, else resolved."""
+    if event.tag and event.tag != "!":
+        return event.tag
+    if not event.implicit[0]:  # quoted (or tagged `!`): a string whatever it reads like
+        return _STR
+    return str(_RESOLVER.resolve(yaml.ScalarNode, event.value,  # type: ignore[no-untyped-call]
+                                 event.implicit))
 
 
 def _is_value_of(key: str | None, open_containers: list[Sequence | Mapping]) -> bool:

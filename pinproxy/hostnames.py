@@ -19,16 +19,21 @@ __all__ = ["is_ip_literal", "normalize_host", "parent_domains", "parse_host_patt
 # An address starts with a digit, a bracket, or is IPv6 (has a colon); a DNS name that starts
 # with a digit still goes through the parse and falls through to the name checks.
 _LOOKS_LIKE_ADDRESS = re.compile(r"[\d\[]|.*:")
-_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+_LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
+_NAME = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}")
 
 
 @lru_cache(maxsize=65536)
 def normalize_host(name: str) -> str:
+    """`_canonical_host`, cached: the proxy normalises the same few names on every connection."""
+    return _canonical_host(name)
+
+
+def _canonical_host(name: str) -> str:
     """Canonical form of a DNS name or IP literal; raises `HostnameError` when it is neither.
 
     Lowercase, IDNA 2008 A-labels (UTS 46 mapping, as curl and browsers send them), no trailing
-    dot; IP literals in their compressed form, IPv4-mapped IPv6 as IPv4. Cached because the
-    proxy normalises the same few names on every connection.
+    dot; IP literals in their compressed form, IPv4-mapped IPv6 as IPv4.
     """
     text = name.strip()
     if _LOOKS_LIKE_ADDRESS.match(text):  # skip the costly failed parse for ordinary names
@@ -47,10 +52,9 @@ def normalize_host(name: str) -> str:
             text = idna.encode(text, uts46=True).decode("ascii")
         except idna.IDNAError:
             raise HostnameError(f"host {name!r} is not a valid internationalised name") from None
-    labels = text.split(".")
-    if len(text) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+    if len(text) > 253 or not _NAME.fullmatch(text):
         raise HostnameError(f"host {name!r} is not a valid host name or IP address")
-    if labels[-1].isdigit():  # 127.1 or 010.0.0.1: resolvers read these as IPv4 addresses
+    if text.rpartition(".")[2].isdigit():  # 127.1, 010.0.0.1: resolvers read IPv4 addresses
         raise HostnameError(f"host {name!r} is neither a DNS name nor an IP address in "
                             "dotted-quad form")
     return text
@@ -78,8 +82,9 @@ def parse_host_pattern(text: str, include_subdomains: bool = False) -> str:
     if "*" in base:
         raise HostnameError(f"host {text!r}: '*' is allowed only as a whole leftmost label, "
                             "as in '*.example.com'")
-    base = normalize_host(base)
-    if (wildcard or include_subdomains) and is_ip_literal(base):
+    base = _canonical_host(base)  # not the cache: a pinset's names are read once
+    # A canonical name never holds a colon nor ends in an all-digit label: an address does.
+    if (wildcard or include_subdomains) and (":" in base or base.rpartition(".")[2].isdigit()):
         raise HostnameError(f"host {text!r} is an IP address: it takes neither '*.' "
                             "nor include_subdomains")
     return f"*.{base}" if wildcard else base

@@ -162,7 +162,7 @@ def _overlaps(pinset: Pinset, rule: HostRule, today: date) -> Iterator[Finding]:
         fallbacks.setdefault(id(fallback), (fallback, []))[1].append(scope)
         decided_alike = decided_alike and _decides_alike(rule, fallback)
     for fallback, scopes in fallbacks.values():
-        if fallback.pins != rule.pins:
+        if not fallback.pins_equal(rule):
             yield _warning(rule, "overlapping-rules",
                            f"{rule.host}: {_are(scopes)} also covered by {_named(fallback)}, "
                            f"with different pins; this rule takes precedence{_PRECEDENCE}")
@@ -200,7 +200,7 @@ def _are(scopes: Sequence[str]) -> str:
 
 
 def _decides_alike(rule: HostRule, other: HostRule) -> bool:
-    return (rule.pins, rule.mode, rule.expires) == (other.pins, other.mode, other.expires)
+    return rule.pins_equal(other) and (rule.mode, rule.expires) == (other.mode, other.expires)
 
 
 def _named(rule: HostRule) -> str:

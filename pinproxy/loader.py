@@ -9,9 +9,13 @@ events), checks every key and type, and collects all problems before failing, so
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import BinaryIO
 
 import yaml
 
@@ -46,15 +50,16 @@ def load_pinset(path: str | Path) -> Pinset:
     """Read and validate a pinset file; raise `PinsetError` listing every problem."""
     name = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise PinsetError([f"{name}: cannot read pinset: {reason}"]) from None
-    return parse_pinset(text, name, base_dir=Path(path).parent)
+        with open(path, "rb") as stream:  # libyaml reads it in chunks: no copy of a big file
+            return parse_pinset(stream, name, base_dir=Path(path).parent)
+    except OSError as e:
+        raise PinsetError([f"{name}: cannot read pinset: {e.strerror or e}"]) from None
 
 
-def parse_pinset(text: str, source: str = "<pinset>", base_dir: Path | None = None) -> Pinset:
-    """Validate pinset YAML text; `base_dir` resolves `file:` pins (default: the working dir)."""
+def parse_pinset(text: str | bytes | BinaryIO, source: str = "<pinset>",
+                 base_dir: Path | None = None) -> Pinset:
+    """Validate pinset YAML (text, UTF-8 bytes or a binary file); `base_dir` resolves `file:`
+    pins (default: the working directory)."""
     return _Parser(source, base_dir or Path()).parse(text)
 
 
@@ -71,17 +76,22 @@ class _Parser:
     def problem(self, node: Node | int, message: str) -> None:
         self.problems.append((node if isinstance(node, int) else node.line, message))
 
-    def parse(self, text: str) -> Pinset:
-        root = self._compose(text)
-        pinset = self._pinset(root) if root is not None else None
+    def parse(self, text: str | bytes | BinaryIO) -> Pinset:
+        with _no_cyclic_gc():
+            root = self._compose(text)
+            pinset = self._pinset(root) if root is not None else None
         if self.problems or pinset is None:
             ordered = sorted(self.problems, key=lambda p: p[0])
             raise PinsetError([f"{self.source}:{line}: {message}" for line, message in ordered])
         return pinset
 
-    def _compose(self, text: str) -> Node | None:
+    def _compose(self, text: str | bytes | BinaryIO) -> Node | None:
         try:
             documents = parse_documents(text, stream_key="hosts", on_item=self._add_rule)
+        except yaml.reader.ReaderError as e:  # libyaml's own words name a character code
+            line = _line_of_byte(text, e.position)
+            raise PinsetError([f"{self.source}:{line}: cannot read pinset: it is not UTF-8 text"
+                               f" ({e.reason})"]) from None
         except yaml.MarkedYAMLError as e:
             self.problems.clear()  # rules read before the syntax error are beside the point
             mark = e.problem_mark or e.context_mark
@@ -182,7 +192,7 @@ class _Parser:
             self.problem(node, str(e))
             return None
 
-    def _pins(self, node: Node | None, host: str) -> frozenset[Pin] | None:
+    def _pins(self, node: Node | None, host: str) -> tuple[Pin, ...] | None:
         if node is None:
             return None
         if not isinstance(node, Sequence):
@@ -201,7 +211,7 @@ class _Parser:
                 ok = False
             else:
                 pins.extend(found)
-        return frozenset(pins) if ok else None
+        return tuple(dict.fromkeys(pins)) if ok else None
 
     def _pin_or_file(self, node: Node, text: str) -> list[Pin] | None:
         try:
@@ -212,7 +222,8 @@ class _Parser:
                 except OSError as e:
                     self.problem(node, f"pin file {str(path)!r}: {e.strerror or e}")
                     return None
-                return [item.spki for item in read_pem_or_der(data, str(path))]
+                return [self.pins.setdefault(item.spki, item.spki)
+                        for item in read_pem_or_der(data, str(path))]
             pin = parse_pin(text)
             return [self.pins.setdefault(pin, pin)]
         except PinproxyError as e:
@@ -266,7 +277,9 @@ class _Parser:
             return None
         fields: dict[str, Node] = {}
         key_lines: dict[str, int] = {}
-        for key_node, value_node in node.pairs:
+        items = node.items  # key, value, key, value, …
+        for index in range(0, len(items), 2):
+            key_node, value_node = items[index], items[index + 1]
             key = key_node.value if isinstance(key_node, Scalar) else None
             if not isinstance(key_node, Scalar) or key is None or key_node.tag != _STR:
                 self.problem(key_node, f"{what} has a key that is not a name: {key!r}")
@@ -305,6 +318,28 @@ class _Parser:
             self.problem(node, "YAML anchors and aliases are not supported in a pinset")
             return True
         return False
+
+
+def _line_of_byte(text: str | bytes | BinaryIO, offset: int) -> int:
+    if isinstance(text, str):
+        return 1  # a str is Unicode already: libyaml saw no bad byte in it
+    if not isinstance(text, bytes):
+        text.seek(0)
+        text = text.read(offset)
+    return text.count(b"\n", 0, offset) + 1
+
+
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Pause the cycle collector: it would scan the growing pinset again and again (a tenth of
+    a big load) to find nothing, as the loader makes no cycles and frees what it drops."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _kind(node: Node | None) -> str:

@@ -119,10 +119,11 @@ def parse_pin(text: str) -> Pin:
 
 def _decode_base64(body: str, text: str) -> bytes:
     try:
-        digest = base64.b64decode(body, validate=True)
-    except (binascii.Error, ValueError):
+        digest = binascii.a2b_base64(body)
+    except ValueError:  # binascii.Error, or a character beyond ASCII
         digest = b""
-    if len(digest) != DIGEST_SIZE or base64.b64encode(digest).decode("ascii") != body:
+    # Only the canonical spelling: what a2b_base64 skipped or tolerated does not re-encode.
+    if len(digest) != DIGEST_SIZE or binascii.b2a_base64(digest, newline=False) != body.encode():
         raise PinError(f"pin {text!r} is not base64 of a 32-byte SHA-256 digest")
     return digest
 

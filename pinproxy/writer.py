@@ -38,10 +38,10 @@ class RuleText:
 
 
 def rule_text(rule: HostRule, default_mode: Mode = Mode.ENFORCE) -> RuleText:
-    """A loaded rule as text, pins in a stable order."""
+    """A loaded rule as text, pins in the order written."""
     return RuleText(
         host=rule.host,
-        pins=tuple(PinLine(pin) for pin in sorted(rule.pins, key=str)),
+        pins=tuple(PinLine(pin) for pin in rule.pins),
         include_subdomains=rule.include_subdomains,
         expires=rule.expires,
         mode=rule.mode if rule.mode is not default_mode else None,

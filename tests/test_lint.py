@@ -39,7 +39,7 @@ OTHER = (OTHER_ROOT, OTHER_INTER)
 
 def rule(host: str, *pins: Pin, line: int = 1, include: bool = False,
          expires: date | None = None, mode: Mode = Mode.ENFORCE) -> HostRule:
-    return HostRule(host=host, pins=frozenset(pins or GOOD), location=Location("p.yaml", line),
+    return HostRule(host=host, pins=tuple(pins or GOOD), location=Location("p.yaml", line),
                     include_subdomains=include, mode=mode, expires=expires)
 
 

@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from pinproxy.errors import PinsetError
-from pinproxy.loader import load_pinset
+from pinproxy.loader import load_pinset, parse_pinset
 from pinproxy.pins import Pin, PinKind, parse_pin
 from pinproxy.pinset import HostRule, Location, Mode, Pinset, Unpinned
 
@@ -106,15 +106,15 @@ def test_valid_file_round_trip_every_field(tmp_path: Path) -> None:
     assert pinset == Pinset(rules=(
         HostRule(
             host="api.example",
-            pins=frozenset({parse_pin(P), parse_pin(B), parse_pin(f"sha256/{other}"),
-                            Pin(PinKind.CERTIFICATE, hashlib.sha256(b"hello").digest())}),
+            pins=(parse_pin(P), parse_pin(B), parse_pin(f"sha256/{other}"),
+                  Pin(PinKind.CERTIFICATE, hashlib.sha256(b"hello").digest())),  # as written
             location=Location(src, 6), include_subdomains=True, mode=Mode.ENFORCE,
             expires=date(2027, 12, 31)),
-        HostRule(host="*.xn--bcher-kva.example", pins=frozenset({pki.chain[2].spki}),
+        HostRule(host="*.xn--bcher-kva.example", pins=(pki.chain[2].spki,),
                  location=Location(src, 15), include_subdomains=False,
                  mode=Mode.REPORT,  # inherited from the top-level mode
                  expires=None),
-        HostRule(host="10.0.0.1", pins=frozenset({parse_pin(P)}), location=Location(src, 17),
+        HostRule(host="10.0.0.1", pins=(parse_pin(P),), location=Location(src, 17),
                  include_subdomains=False, mode=Mode.REPORT, expires=date(2030, 1, 1)),
     ), source=src, mode=Mode.REPORT, unpinned=Unpinned.BLOCK)
     assert str(pinset.rules[0].location) == f"{path}:6"
@@ -158,9 +158,9 @@ def test_file_pins_are_relative_to_the_pinset_directory(tmp_path: Path,
             pins: [file:keys/backup.pub]
     """))
     bundle, der, key_rule = pinset.rules
-    assert bundle.pins == frozenset(cert.spki for cert in pki.chain)  # every key in the bundle
-    assert der.pins == frozenset({pki.chain[2].spki})
-    assert key_rule.pins == frozenset({pki.chain[1].spki})
+    assert set(bundle.pins) == {cert.spki for cert in pki.chain}  # every key in the bundle
+    assert der.pins == (pki.chain[2].spki,)
+    assert key_rule.pins == (pki.chain[1].spki,)
 
 
 def test_file_pins_are_not_relative_to_the_working_directory(
@@ -596,8 +596,12 @@ def test_a_non_utf8_file(tmp_path: Path) -> None:
     with pytest.raises(PinsetError) as e:
         load_pinset(path)
     [problem] = e.value.problems
-    assert problem.startswith(f"{path}: cannot read pinset: ")
-    assert "utf-8" in problem
+    assert problem == (f"{path}:3: cannot read pinset: it is not UTF-8 text (invalid trailing "
+                       "UTF-8 octet)")
+    with pytest.raises(PinsetError) as e:  # the same from bytes in memory
+        parse_pinset(path.read_bytes(), "p.yaml")
+    assert e.value.problems == (
+        "p.yaml:3: cannot read pinset: it is not UTF-8 text (invalid trailing UTF-8 octet)",)
     # twin: the same file in UTF-8 loads
     path.write_text(f"version: 1\nhosts:\n  - host: caf\xe9.example\n    pins: [{P}]\n",
                     encoding="utf-8")

@@ -19,7 +19,7 @@ PIN = Pin(PinKind.SPKI, hashlib.sha256(b"hello").digest())
 
 
 def rule(host: str, include_subdomains: bool = False, line: int = 1, **kwargs: object) -> HostRule:
-    return HostRule(host=host, pins=frozenset({PIN}), location=Location("pins.yaml", line),
+    return HostRule(host=host, pins=(PIN,), location=Location("pins.yaml", line),
                     include_subdomains=include_subdomains, **kwargs)  # type: ignore[arg-type]
 
 

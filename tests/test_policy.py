@@ -43,7 +43,7 @@ def rogue_chain() -> tuple[CertificatePins, ...]:
 
 
 def rule(host: str, pins: set[Pin], line: int = 3, **kwargs: object) -> HostRule:
-    return HostRule(host=host, pins=frozenset(pins), location=Location("pins.yaml", line),
+    return HostRule(host=host, pins=tuple(pins), location=Location("pins.yaml", line),
                     **kwargs)  # type: ignore[arg-type]
 
 

@@ -41,7 +41,7 @@ RFC7469_FIELDS = {
 
 def pinned_rule(**kwargs: object) -> HostRule:
     root = certs.pki("a").chain[2]
-    return HostRule(host=HOST, pins=frozenset({root.spki, BACKUP}),
+    return HostRule(host=HOST, pins=(root.spki, BACKUP),
                     location=Location("conf/pins.yaml", 12), **kwargs)  # type: ignore[arg-type]
 
 
@@ -204,7 +204,7 @@ def test_violation_record_of_a_report_mode_rule_without_expiry() -> None:
 
 def test_violation_record_keeps_certificate_pins_apart_from_hpkp_pins() -> None:
     cert_pin = certs.pki("a").chain[0].certificate
-    decision = blocked(HostRule(host=HOST, pins=frozenset({cert_pin, BACKUP}),
+    decision = blocked(HostRule(host=HOST, pins=(cert_pin, BACKUP),
                                 location=Location("p.yaml", 1)))
     known = violation_record(decision, 443, (), NOW)["known-pins"]
     assert f'pin-sha256="{HELLO}"' in known

@@ -170,7 +170,7 @@ def _domain(rule: HostRule, by_host: dict[str, HostRule],
     where = str(rule.location)
     apex = by_host.get(rule.base) if rule.is_wildcard else rule
     wildcard = by_host.get(f"*.{rule.base}")
-    together = apex is not None and wildcard is not None and apex.pins == wildcard.pins
+    together = apex is not None and wildcard is not None and apex.pins_equal(wildcard)
     if rule.is_wildcard and together:
         return None  # exported with its apex rule
     if rule.is_wildcard and apex is not None:

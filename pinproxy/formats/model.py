@@ -60,8 +60,9 @@ class Entry:
     notes: tuple[str, ...] = ()
 
     @property
-    def pin_set(self) -> frozenset[Pin]:
-        return frozenset(line.pin for line in self.pins if isinstance(line.pin, Pin))
+    def rule_pins(self) -> tuple[Pin, ...]:
+        """The distinct pins, as a `HostRule` holds them (lines without a `Pin` left out)."""
+        return tuple(dict.fromkeys(line.pin for line in self.pins if isinstance(line.pin, Pin)))
 
 
 def unique(lines: Iterable[PinLine]) -> tuple[PinLine, ...]:
@@ -182,8 +183,8 @@ def exportable(pinset: Pinset, target: Target) -> tuple[list[HostRule], list[Not
                                          "does not have: not exported (exporting it would "
                                          "enforce what the pinset only reports)"))
             continue
-        pins = frozenset(pin for pin in rule.pins
-                         if target.certificate_pins or pin.kind is PinKind.SPKI)
+        pins = tuple(pin for pin in rule.pins
+                     if target.certificate_pins or pin.kind is PinKind.SPKI)
         if dropped := len(rule.pins) - len(pins):
             notices.append(Notice(where, f"{rule.host}: {dropped} whole-certificate pin(s) "
                                          f"(cert-sha256/) cannot be expressed in {target.name}, "

@@ -108,7 +108,7 @@ def _entry(pattern: str, pins: list[str], where: str, line: int,
 
 def _with_union(entries: list[Entry], source: str, notices: list[Notice]) -> list[Entry]:
     """Copy into each rule the pins OkHttp would also accept there from broader patterns."""
-    rules = [HostRule(e.host, e.pin_set, Location(source, e.line),
+    rules = [HostRule(e.host, e.rule_pins, Location(source, e.line),
                       include_subdomains=e.include_subdomains) for e in entries]
     result: list[Entry] = []
     for entry, per_name in zip(entries, _also_accepted(rules), strict=True):
@@ -141,7 +141,7 @@ def _also_accepted(rules: Sequence[HostRule]) -> list[list[dict[Pin, str]]]:
             extra: dict[Pin, str] = {}
             for pattern, other in patterns:
                 if other is not rule and _matches(pattern, name):
-                    for pin in sorted(other.pins - rule.pins, key=str):
+                    for pin in sorted(set(other.pins).difference(rule.pins), key=str):
                         extra.setdefault(pin, pattern)
             per_name.append(extra)
         result.append(per_name)
