@@ -1,4 +1,5 @@
-"""The proxies compared: plain mitmdump, and pinproxy with or without extra flags.
+"""The proxies compared: plain mitmdump, a bare mitmproxy Master, and pinproxy with or without
+extra flags.
 
 Both run exactly as a user starts them, from the venv that runs the benchmark, with the same
 listen address, CA directory, upstream trust store and connection strategy, so the only
@@ -17,16 +18,19 @@ from pathlib import Path
 
 from bench import _proc
 
-__all__ = ["PLAIN", "ProxyFailed", "ProxySetup", "RunningProxy", "Variant", "start", "variant"]
+__all__ = ["BARE", "PLAIN", "ProxyFailed", "ProxySetup", "RunningProxy", "Variant", "start",
+           "variant"]
 
 PLAIN = "plain"
+BARE = "bare"
 _WORKERS = re.compile(r"pinproxy-w(\d+)")
 _LISTENING = "pinproxy listening on"
 
 
 @dataclass(frozen=True, slots=True)
 class Variant:
-    """A proxy to measure: plain mitmdump (`pinproxy_args is None`) or pinproxy with flags."""
+    """A proxy to measure: pinproxy with flags, or (`pinproxy_args is None`) plain mitmdump or
+    the bare Master."""
 
     name: str
     pinproxy_args: tuple[str, ...] | None
@@ -43,27 +47,28 @@ class Variant:
 
 
 def variant(name: str, pinproxy_args: Sequence[str] = ()) -> Variant:
-    """`plain`, `pinproxy`, or `pinproxy-wN` (pinproxy with `--workers N`)."""
-    if name == PLAIN:
+    """`plain`, `bare`, `pinproxy`, or `pinproxy-wN` (pinproxy with `--workers N`)."""
+    if name in (PLAIN, BARE):
         return Variant(name, None)
     if name == "pinproxy":
         return Variant(name, tuple(pinproxy_args))
     if match := _WORKERS.fullmatch(name):
         return Variant(name, (*pinproxy_args, "--workers", match.group(1)))
-    raise ValueError(f"unknown proxy variant {name!r}: use plain, pinproxy or pinproxy-wN")
+    raise ValueError(f"unknown proxy variant {name!r}: use plain, bare, pinproxy or pinproxy-wN")
 
 
 @dataclass(frozen=True, slots=True)
 class ProxySetup:
     """What every proxy gets. Each kind keeps the CA it makes by default (mitmproxy RSA-2048,
-    pinproxy ECDSA P-256: the key signs every client handshake), made before any timed start."""
+    pinproxy ECDSA P-256: the key signs every client handshake), made before any timed start;
+    the bare Master takes pinproxy's, so that the two differ only in their addons."""
 
     confdir: Path  # holds one CA directory per kind of proxy
     upstream_ca: Path
     logs: Path
 
     def confdir_for(self, proxy: Variant) -> Path:
-        return self.confdir / ("mitmdump" if proxy.pinproxy_args is None else "pinproxy")
+        return self.confdir / ("mitmdump" if proxy.name == PLAIN else "pinproxy")
 
     def proxy_ca(self, proxy: Variant) -> Path:
         return self.confdir_for(proxy) / "mitmproxy-ca-cert.pem"
@@ -98,6 +103,9 @@ class RunningProxy:
 
 
 def _command(proxy: Variant, setup: ProxySetup, port: int, pinset: Path) -> list[str]:
+    if proxy.name == BARE:
+        return [sys.executable, str(Path(__file__).with_name("bare.py")), _proc.LOOPBACK,
+                str(port), str(setup.confdir_for(proxy)), str(setup.upstream_ca)]
     if proxy.pinproxy_args is None:
         mitmdump = Path(sys.executable).parent / "mitmdump"
         return [str(mitmdump), "-q", "--listen-host", _proc.LOOPBACK, "--listen-port", str(port),

@@ -101,8 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--workloads", default=",".join(w.name for w in load.WORKLOADS),
                         metavar="W,W,…", help="from new-tunnel, keep-alive, h2 (default: all)")
     parser.add_argument("--compare", default=f"{proxies.PLAIN},pinproxy", metavar="V,V,…",
-                        help="proxy variants: plain, pinproxy, pinproxy-wN (pinproxy with "
-                             "--workers N); default %(default)s")
+                        help="proxy variants: plain, bare (mitmproxy's Master with six addons, "
+                             "no pinning), pinproxy, pinproxy-wN (pinproxy with --workers N); "
+                             "default %(default)s")
     parser.add_argument("--pinproxy-args", default="", metavar="'ARGS'",
                         help="extra flags for every pinproxy variant, e.g. '--workers 2'")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write results as JSON")
@@ -279,7 +280,7 @@ def _calibrate(setup: proxies.ProxySetup, server: nginx.Nginx, curl: str,
 
 def _soak(args: argparse.Namespace, config: Config, setup: proxies.ProxySetup,
           server: nginx.Nginx, curl: str, pinset: Path, extra: dict[str, Any]) -> int:
-    variant = next((v for v in config.variants if v.name != proxies.PLAIN),
+    variant = next((v for v in config.variants if v.pinproxy_args is not None),
                    proxies.variant("pinproxy", shlex.split(args.pinproxy_args)))
     try:
         proxy = proxies.start(variant, setup, pinset)

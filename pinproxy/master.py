@@ -17,18 +17,25 @@ from mitmproxy.addons import (
     errorcheck,
     next_layer,
     proxyserver,
+    termlog,
     tlsconfig,
 )
 
 from pinproxy.addon import Pinning
+from pinproxy.dispatch import ResolvedHooks
 
 __all__ = ["build_master"]
 
 
 def build_master(opts: options.Options, pinning: Pinning) -> master.Master:
     """A Master with the minimal addon chain; `pinning` comes last, after `tlsconfig`."""
-    proxy = master.Master(opts, with_termlog=True)
+    proxy = master.Master(opts)
+    # Master makes a plain AddonManager, still empty: swap in the one that resolves hooks once.
+    opts.changed.disconnect(proxy.addons._configure_all)
+    proxy.addons = ResolvedHooks(proxy)
+    proxy._termlog_addon = termlog.TermLog()  # what with_termlog=True does, on the new manager
     proxy.addons.add(
+        proxy._termlog_addon,
         core.Core(),
         block.Block(),                # refuses clients from public addresses (block_global)
         disable_h2c.DisableH2C(),     # HTTP/2 cleartext upgrades would break the HTTP layer
