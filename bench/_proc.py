@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["LOOPBACK", "accepting", "free_port", "last_line", "spawn", "stop", "tree_cpu_seconds",
-           "tree_rss_kib", "wait_until"]
+__all__ = ["LOOPBACK", "accepting", "free_port", "last_line", "machine_cpu_ticks", "spawn", "stop",
+           "tree_cpu_seconds", "tree_rss_kib", "wait_until"]
 
 LOOPBACK = "127.0.0.1"
 
@@ -86,6 +86,14 @@ def tree_cpu_seconds(pid: int) -> float:
             fields = _stat_fields(member)
             ticks += int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14, 15)
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine, all cores, since boot (/proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle, iowait
+    total = sum(values[:8])  # user … steal; guest time is already counted in user
+    return total - idle, total
 
 
 def _tree(pid: int) -> list[int]:

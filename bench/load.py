@@ -78,6 +78,7 @@ class LoadResult:
     truncated: bool  # stopped by the time bound before all transfers were done
     problems: tuple[str, ...]
     proxy_cpu: float | None = None  # CPU seconds the proxy used meanwhile (set by the caller)
+    machine_busy: float | None = None  # share of all cores busy meanwhile (set by the caller)
 
     @property
     def valid(self) -> bool:

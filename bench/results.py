@@ -47,6 +47,7 @@ class Summary:
     medians: dict[str, float | None]
     median_ratios: dict[str, float | None]
     cpu_ms: dict[str, float | None]  # median proxy CPU milliseconds per transfer
+    machine_busy: dict[str, float | None]  # median share of all cores busy (proxy, curl, nginx)
     cpu_ratios: dict[str, float | None]  # median of the per-round ratios to plain
 
 
@@ -73,6 +74,7 @@ def summarize(runs: Sequence[ProxyRun], sizes: Sequence[int], rounds: int,
                 {name: _median(_valid(row[name]) for row in table) for name in variants},
                 {name: _median(r[name] for r in ratios) for name in others},
                 {name: _median(_cpu(row[name]) for row in table) for name in variants},
+                {name: _median(_busy(row[name]) for row in table) for name in variants},
                 {name: _median(r[name] for r in cpu_ratios) for name in others}))
     return out
 
@@ -101,6 +103,7 @@ def to_json(summaries: Sequence[Summary], runs: Sequence[ProxyRun],
             "ratios_to_plain": list(s.ratios),
             "medians": s.medians, "median_ratios_to_plain": s.median_ratios,
             "proxy_cpu_ms_per_transfer": s.cpu_ms, "cpu_ratios_to_plain": s.cpu_ratios,
+            "machine_busy": s.machine_busy,
         } for s in summaries],
     }
 
@@ -119,17 +122,21 @@ def _workload_table(summary: Summary, variants: Sequence[str]) -> list[str]:
             if name != PLAIN and PLAIN in variants:
                 cells.append(_number(ratios.get(name), 2))
         rows.append(cells)
-    median, cpu = ["median"], ["CPU ms/req"]
+    median, cpu, busy = ["median"], ["CPU ms/req"], ["machine busy"]
     for name in variants:
         median.append(_number(summary.medians.get(name), 1))
         cpu.append(_number(summary.cpu_ms.get(name), 2))
+        share = summary.machine_busy.get(name)
+        busy.append("—" if share is None else f"{share:.0%}")
         if name != PLAIN and PLAIN in variants:
             median.append(_number(summary.median_ratios.get(name), 2))
             cpu.append(_number(summary.cpu_ratios.get(name), 2))
+            busy.append("")
     title = (f"pinset {_size(summary.pinset_size)} hosts · {summary.workload}: {summary.unit} "
              "(higher is better), ratio = variant / plain in the same round; "
-             "CPU ms/req = the proxy's CPU time per transfer, median (lower is better)")
-    return ["", title, *_columns([header, *rows, median, cpu])]
+             "CPU ms/req = the proxy's CPU time per transfer, median (lower is better); "
+             "machine busy = all cores, proxy + curl + nginx (100% = no core left)")
+    return ["", title, *_columns([header, *rows, median, cpu, busy])]
 
 
 def _resource_table(runs: Sequence[ProxyRun], variants: Sequence[str],
@@ -201,6 +208,10 @@ def _valid(result: LoadResult | None) -> float | None:
 
 def _cpu(result: LoadResult | None) -> float | None:
     return result.cpu_ms_per_transfer if result is not None and result.valid else None
+
+
+def _busy(result: LoadResult | None) -> float | None:
+    return result.machine_busy if result is not None and result.valid else None
 
 
 def _ratio(value: float | None, base: float | None) -> float | None:

@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # run as `python bench/run.py`: make the `bench` 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pinproxy
-from bench import load, nginx, pinsets, pki, proxies, results, soak
+from bench import _proc, load, nginx, pinsets, pki, proxies, results, soak
 from pinproxy.ca import ensure_ca
 
 
@@ -232,9 +232,11 @@ def _measure(config: Config, setup: proxies.ProxySetup, server: nginx.Nginx, cur
 
 def _measured_load(proxy: proxies.RunningProxy, target: load.Target, workload: load.Workload,
                    config: Config) -> load.LoadResult:
-    cpu = proxy.cpu_seconds()
+    cpu, (busy, total) = proxy.cpu_seconds(), _proc.machine_cpu_ticks()
     result = load.run_load(target, workload, config.requests, config.parallel, config.duration)
-    return replace(result, proxy_cpu=proxy.cpu_seconds() - cpu)
+    busy_after, total_after = _proc.machine_cpu_ticks()
+    return replace(result, proxy_cpu=proxy.cpu_seconds() - cpu,
+                   machine_busy=(busy_after - busy) / max(total_after - total, 1))
 
 
 def _calibrate(setup: proxies.ProxySetup, server: nginx.Nginx, curl: str,
