@@ -138,7 +138,10 @@ def _scalar_tag(event: ScalarEvent) -> str:
         return event.tag
     if not event.implicit[0]:  # quoted (or tagged `!`): a string whatever it reads like
         return _STR
-    return str(_RESOLVER.resolve(yaml.ScalarNode, event.value,  # type: ignore[no-untyped-call]
+    value = event.value
+    if value and value[0] not in _RESOLVER.yaml_implicit_resolvers:
+        return _STR  # no implicit type starts with this character: what resolve() would say
+    return str(_RESOLVER.resolve(yaml.ScalarNode, value,  # type: ignore[no-untyped-call]
                                  event.implicit))
 
 

@@ -65,6 +65,11 @@ class Pin:
     kind: PinKind
     digest: bytes
 
+    def __hash__(self) -> int:
+        # The digest alone: bytes keep their hash, an enum member computes its own in Python
+        # each time. Equality still compares both fields.
+        return hash(self.digest)
+
     def __str__(self) -> str:
         return f"{self.kind.value}/{self.base64}"
 
