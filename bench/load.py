@@ -10,6 +10,7 @@ time bound count.
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import threading
 import time
@@ -77,6 +78,7 @@ class LoadResult:
     elapsed: float
     truncated: bool  # stopped by the time bound before all transfers were done
     problems: tuple[str, ...]
+    longest_gap: float = 0.0  # seconds between two finished transfers, at most: a stall shows
     proxy_cpu: float | None = None  # CPU seconds the proxy used meanwhile (set by the caller)
     machine_busy: float | None = None  # share of all cores busy meanwhile (set by the caller)
 
@@ -156,8 +158,10 @@ def read_transfers(load: Workload, lines: Sequence[tuple[float, str]], elapsed: 
         rate = (len(times) - parallel) / (times[-1] - times[parallel - 1])
     else:
         rate = len(times) / elapsed if elapsed > 0 else 0.0
+    steady = times[parallel - 1:]
+    gap = max((later - earlier for earlier, later in itertools.pairwise(steady)), default=0.0)
     return LoadResult(load.name, rate, len(finished), ok, tunnels, elapsed, truncated,
-                      tuple(problems))
+                      tuple(problems), gap)
 
 
 def _outcome(fields: list[str], http_version: str) -> str:

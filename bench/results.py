@@ -16,7 +16,7 @@ from typing import Any
 from bench.load import LoadResult, Workload
 from bench.proxies import PLAIN
 
-__all__ = ["ProxyRun", "Summary", "render", "summarize", "to_json"]
+__all__ = ["ProxyRun", "Summary", "columns", "render", "summarize", "to_json"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +136,7 @@ def _workload_table(summary: Summary, variants: Sequence[str]) -> list[str]:
              "(higher is better), ratio = variant / plain in the same round; "
              "CPU ms/req = the proxy's CPU time per transfer, median (lower is better); "
              "machine busy = all cores, proxy + curl + nginx (100% = no core left)")
-    return ["", title, *_columns([header, *rows, median, cpu, busy])]
+    return ["", title, *columns([header, *rows, median, cpu, busy])]
 
 
 def _resource_table(runs: Sequence[ProxyRun], variants: Sequence[str],
@@ -162,7 +162,7 @@ def _resource_table(runs: Sequence[ProxyRun], variants: Sequence[str],
                          "" if plain_col else _number(rss_ratio, 2)])
     return ["", "start-up (process start → port accepting; with workers: every worker listening) "
                 "and RSS after the load, median of "
-                "rounds; ratio = variant / plain", *_columns(rows)]
+                "rounds; ratio = variant / plain", *columns(rows)]
 
 
 def _problems(runs: Sequence[ProxyRun]) -> list[str]:
@@ -179,7 +179,8 @@ def _problems(runs: Sequence[ProxyRun]) -> list[str]:
         if lines else ["", "all measurements valid: every transfer answered 200"]
 
 
-def _columns(rows: list[list[str]]) -> list[str]:
+def columns(rows: list[list[str]]) -> list[str]:
+    """Rows as aligned text: the first column left, the others right."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  " + "  ".join(cell.rjust(width) if i else cell.ljust(width)
                              for i, (cell, width) in enumerate(zip(row, widths, strict=True)))

@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # run as `python bench/run.py`: make the `bench` 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pinproxy
-from bench import _proc, load, nginx, pinsets, pki, proxies, results, soak
+from bench import _proc, load, nginx, pinsets, pki, proxies, reload, results, soak
 from pinproxy.ca import ensure_ca
 
 
@@ -112,6 +112,11 @@ def _parser() -> argparse.ArgumentParser:
                              "for SECONDS (the largest pinset size), sampling RSS")
     parser.add_argument("--soak-interval", type=_positive_float, default=10.0, metavar="SECONDS",
                         help="RSS sampling interval of --soak (default %(default)s)")
+    parser.add_argument("--reload", type=_positive_float, metavar="SECONDS",
+                        help="instead of the comparison: per pinset size, SECONDS of keep-alive "
+                             "load on pinproxy, then SECONDS more with one pinset reload "
+                             "(SIGHUP) a third of the way in; the longest pause of traffic in "
+                             "each")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work directory (configs, pinsets, proxy and nginx logs)")
     return parser
@@ -159,6 +164,9 @@ def _run(args: argparse.Namespace, config: Config, work: Path) -> int:
             if args.soak:
                 return _soak(args, config, setup, server, curl, pinset_files[sizes[0]],
                              {"environment": environment, "calibration": calibration})
+            if args.reload:
+                return _reload(args, config, setup, server, curl, pinset_files,
+                               {"environment": environment, "calibration": calibration})
             _say(f"benchmark: {len(sizes)} pinset sizes x {config.rounds} rounds x "
                  f"{len(config.variants)} proxies x {len(config.workloads)} workloads, each "
                  f"measurement ≤ {config.requests} requests and ≤ {config.duration:g} s")
@@ -282,8 +290,7 @@ def _calibrate(setup: proxies.ProxySetup, server: nginx.Nginx, curl: str,
 
 def _soak(args: argparse.Namespace, config: Config, setup: proxies.ProxySetup,
           server: nginx.Nginx, curl: str, pinset: Path, extra: dict[str, Any]) -> int:
-    variant = next((v for v in config.variants if v.pinproxy_args is not None),
-                   proxies.variant("pinproxy", shlex.split(args.pinproxy_args)))
+    variant = _pinproxy_variant(args, config)
     try:
         proxy = proxies.start(variant, setup, pinset)
     except proxies.ProxyFailed as e:
@@ -309,6 +316,48 @@ def _soak(args: argparse.Namespace, config: Config, setup: proxies.ProxySetup,
     if args.json:
         _write_json(args.json, {**extra, "config": _config_json(config), "soak": asdict(result)})
     return 0 if not result.errors else 1
+
+
+def _reload(args: argparse.Namespace, config: Config, setup: proxies.ProxySetup,
+            server: nginx.Nginx, curl: str, pinset_files: dict[int, Path],
+            extra: dict[str, Any]) -> int:
+    variant = _pinproxy_variant(args, config)
+    _say(f"reload pause: {variant.name}, {args.reload:g} s of keep-alive load without, then "
+         f"with, one SIGHUP; pinsets of {', '.join(map(str, pinset_files))} hosts")
+    found: list[reload.ReloadResult] = []
+    for size, pinset in pinset_files.items():
+        try:
+            proxy = proxies.start(variant, setup, pinset)
+        except proxies.ProxyFailed as e:
+            raise BenchError(f"reload: {e}") from None
+        try:
+            target = load.Target(curl, proxy.port, proxy.ca, server.port)
+            load.run_load(target, load.workload("keep-alive"), 2 * config.parallel,
+                          config.parallel, 10)  # warm-up
+            found.append(reload.measure_reload(proxy, target, size, args.reload,
+                                               config.parallel))
+        finally:
+            proxy.stop()
+    rows = [["pinset hosts", "longest pause, no reload", "longest pause, reload",
+             "requests/s with the reload"]]
+    rows += [[f"{r.pinset_size:,}".replace(",", " "), f"{r.baseline_gap * 1000:.0f} ms",
+              f"{r.reload_gap * 1000:.0f} ms", f"{r.reload_rate:.1f}"] for r in found]
+    print(f"\nreload pause ({variant.name}, keep-alive, {config.parallel} transfers in flight): "
+          "the longest time between two finished transfers")
+    print("\n".join(results.columns(rows)))
+    problems = [f"  pinset {r.pinset_size}: {problem}" for r in found for problem in r.problems]
+    print("\n".join(["", "problems:", *problems]) if problems else
+          "\nall transfers answered 200, every reload logged")
+    if args.json:
+        _write_json(args.json, {**extra, "config": _config_json(config),
+                                "reload": [asdict(r) for r in found]})
+    return 1 if problems else 0
+
+
+def _pinproxy_variant(args: argparse.Namespace, config: Config) -> proxies.Variant:
+    """The first pinproxy variant of --compare, or pinproxy with --pinproxy-args."""
+    return next((v for v in config.variants if v.pinproxy_args is not None),
+                proxies.variant("pinproxy", shlex.split(args.pinproxy_args)))
 
 
 def _progress(run: results.ProxyRun, rounds: int) -> str:

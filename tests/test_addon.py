@@ -6,6 +6,8 @@ cannot: errors inside the check, a handshake that completes without a verdict, o
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +17,13 @@ from mitmproxy.test import taddons, tflow
 from OpenSSL import SSL, crypto
 
 from pinproxy.addon import Pinning, _HandshakeCheck
+from pinproxy.loader import load_pinset
 from pinproxy.pins import certificate_pins
 from pinproxy.pinset import Pinset
 from tests import certs
+
+
+OTHER_PIN = "sha256/" + "A" * 43 + "="
 
 
 def pinset_file(tmp_path: Path, pin: str, unpinned: str = "allow") -> Path:
@@ -145,3 +151,46 @@ def test_no_ssl_connection_means_a_failing_one(tmp_path: Path) -> None:
         addon.tls_start_server(data)
         assert data.ssl_conn is not None  # a connection whose handshake can only fail
         assert addon._refusals[data.context.client.id][data.conn.id].reason == "internal-error"
+
+
+# -- reloading in the background (SIGHUP) ------------------------------------------------------
+
+def test_a_background_reload_installs_the_new_pinset_and_merges_requests(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    addon = Pinning()
+    path = pinset_file(tmp_path, root_pin())
+    loads: list[str] = []
+
+    def counted_load(name: str) -> Pinset:
+        loads.append(name)
+        return load_pinset(name)
+
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, pinset=str(path))
+        first = addon.pinset
+        pinset_file(tmp_path, OTHER_PIN)
+        monkeypatch.setattr("pinproxy.addon.load_pinset", counted_load)
+        interval = sys.getswitchinterval()
+
+        async def three_signals() -> None:
+            await asyncio.gather(*(addon.reload_in_background() for _ in range(3)))
+
+        asyncio.run(three_signals())
+        assert addon.pinset is not first and addon.pinset is not None
+        assert [str(pin) for pin in addon.pinset.rules[0].pins] == [OTHER_PIN]
+        assert loads == [str(path)] * 2  # the first, and one for the two asked meanwhile
+        assert sys.getswitchinterval() == interval
+
+
+def test_a_bad_file_in_a_background_reload_keeps_the_old_pinset(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    addon = Pinning()
+    path = pinset_file(tmp_path, root_pin())
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, pinset=str(path))
+        loaded = addon.pinset
+        path.write_text("version: 1\nhosts: [\n")
+        asyncio.run(addon.reload_in_background())
+        assert addon.pinset is loaded
+    assert f"pinproxy pinset reload failed: {path}:3: not valid YAML" in caplog.text
+    assert caplog.text.rstrip().endswith("the previous pinset stays in force")
