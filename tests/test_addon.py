@@ -22,7 +22,6 @@ from pinproxy.pins import certificate_pins
 from pinproxy.pinset import Pinset
 from tests import certs
 
-
 OTHER_PIN = "sha256/" + "A" * 43 + "="
 
 
