@@ -30,7 +30,7 @@ def bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 @pytest.mark.e2e
 def test_tiny_run_prints_every_table_with_ratios_and_writes_json(tmp_path: Path) -> None:
     report = tmp_path / "bench.json"
-    done = bench(*TINY, "--json", str(report))
+    done = bench(*TINY, "--compare", "plain,bare,pinproxy", "--json", str(report))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     # calibration proved one tunnel per new-tunnel transfer, counted by curl and by nginx
@@ -40,13 +40,17 @@ def test_tiny_run_prints_every_table_with_ratios_and_writes_json(tmp_path: Path)
     median_rows = [line.split() for line in done.stdout.splitlines()
                    if line.strip().startswith("median")]
     assert len(median_rows) == 3
-    for row in median_rows:  # median plain, median pinproxy, median ratio
-        plain, pinproxy, ratio = (float(cell) for cell in row[1:])
-        assert plain > 0 and pinproxy > 0
+    for row in median_rows:  # median plain, bare and its ratio, pinproxy and its ratio
+        plain, bare, bare_ratio, pinproxy, ratio = (float(cell) for cell in row[1:])
+        assert plain > 0 and bare > 0 and pinproxy > 0
         assert ratio == pytest.approx(pinproxy / plain, abs=0.006)  # printed to 2 places
+    busy_rows = [line.split() for line in done.stdout.splitlines()
+                 if line.strip().startswith("machine busy")]
+    assert len(busy_rows) == 3
+    assert all(0 < int(cell.rstrip("%")) <= 100 for row in busy_rows for cell in row[2:])
     assert "all measurements valid" in done.stdout
     data = json.loads(report.read_text())
-    assert {run["variant"] for run in data["runs"]} == {"plain", "pinproxy"}
+    assert {run["variant"] for run in data["runs"]} == {"plain", "bare", "pinproxy"}
     for run in data["runs"]:
         assert run["error"] == "" and run["startup"] > 0 and run["rss_kib"] > 10_000
         for measured in run["loads"]:
@@ -70,6 +74,20 @@ def test_soak_prints_the_rss_series_and_its_growth(tmp_path: Path) -> None:
     data = json.loads(report.read_text())["soak"]
     assert [round(t, 1) for t, _ in data["samples"]] == [0.0, 0.5, 1.0]
     assert data["transfers"]["keep-alive"] > 0 and data["transfers"]["new-tunnel"] > 0
+
+
+@pytest.mark.e2e
+def test_reload_prints_the_longest_pause_with_and_without_a_reload(tmp_path: Path) -> None:
+    report = tmp_path / "reload.json"
+    done = bench("--reload", "1.5", "--pinset-sizes", "10", "--parallel", "4",
+                 "--workloads", "keep-alive", "--json", str(report))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "reload pause (pinproxy, keep-alive, 4 transfers in flight)" in done.stdout
+    assert "all transfers answered 200, every reload logged" in done.stdout
+    [measured] = json.loads(report.read_text())["reload"]
+    assert measured["pinset_size"] == 10 and measured["problems"] == []
+    assert 0 < measured["baseline_gap"] < 1.5 and 0 < measured["reload_gap"] < 1.5
+    assert measured["reload_rate"] > 0
 
 
 def test_bad_flags_are_one_line_and_exit_2() -> None:
@@ -109,6 +127,13 @@ def test_transfers_all_200_on_new_tunnels_are_valid() -> None:
                                  False, 40, 4, 0)
     assert result.valid and result.ok == 40 and result.tunnels == 40
     assert result.rate == pytest.approx(1.0)  # 36 transfers between t=3 and t=39
+
+
+def test_the_longest_gap_is_taken_after_the_first_wave() -> None:
+    times = [0.0, 5.0, 5.1, 5.2, 7.2, 7.3]  # the 5 s before the first wave ended do not count
+    result = load.read_transfers(NEW_TUNNEL, [(t, f"{load.MARK}200 1 1.1") for t in times],
+                                 8.0, False, 6, 2, 0)
+    assert result.longest_gap == pytest.approx(2.0)
 
 
 def test_errors_reused_tunnels_and_missing_transfers_make_a_run_invalid() -> None:
