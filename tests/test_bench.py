@@ -43,7 +43,8 @@ def test_tiny_run_prints_every_table_with_ratios_and_writes_json(tmp_path: Path)
     for row in median_rows:  # median plain, bare and its ratio, pinproxy and its ratio
         plain, bare, bare_ratio, pinproxy, ratio = (float(cell) for cell in row[1:])
         assert plain > 0 and bare > 0 and pinproxy > 0
-        assert ratio == pytest.approx(pinproxy / plain, abs=0.006)  # printed to 2 places
+        assert bare_ratio == pytest.approx(bare / plain, abs=0.006)  # printed to 2 places
+        assert ratio == pytest.approx(pinproxy / plain, abs=0.006)
     busy_rows = [line.split() for line in done.stdout.splitlines()
                  if line.strip().startswith("machine busy")]
     assert len(busy_rows) == 3
