@@ -333,10 +333,10 @@ def _line_of_byte(text: str | bytes | BinaryIO, offset: int) -> int:
 def _no_full_collections() -> Iterator[None]:
     """Hold off the cycle collector's full collections while the pinset is built.
 
-    Each would scan every object of the process, the growing pinset included, to find nothing:
-    the loader makes no cycles. That cost a tenth of a big load, and during a background reload
-    it stopped the proxy for up to 1.5 s at a time. Young collections go on, so the proxy's own
-    short-lived garbage is still collected.
+    Each would scan every object of the process, the growing pinset included, to find nothing
+    (the loader makes no cycles): about a tenth of a big load's time, with the event loop held
+    when the load runs in the background. Young collections go on, so a proxy reloading in the
+    background still collects its own short-lived garbage.
     """
     young, middle, old = gc.get_threshold()
     gc.set_threshold(young, middle, 1_000_000_000)
