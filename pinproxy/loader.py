@@ -28,6 +28,7 @@ from pinproxy.pinset import HostRule, Location, Mode, Pinset, Unpinned
 __all__ = ["load_pinset", "parse_day", "parse_pinset"]
 
 SUPPORTED_VERSIONS = (1,)
+_NO_FULL_COLLECTIONS = 1_000_000_000  # a gen-2 threshold no load reaches
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")  # fromisoformat alone also takes 20271231, 2027-W52
 _TOP_KEYS = {"version", "mode", "unpinned", "hosts"}
 _RULE_KEYS = {"host", "pins", "include_subdomains", "expires", "mode"}
@@ -339,11 +340,11 @@ def _no_full_collections() -> Iterator[None]:
     background still collects its own short-lived garbage.
     """
     young, middle, old = gc.get_threshold()
-    gc.set_threshold(young, middle, 1_000_000_000)
+    gc.set_threshold(young, middle, _NO_FULL_COLLECTIONS)
     try:
         yield
     finally:
-        if gc.get_threshold()[2] == 1_000_000_000:  # unless someone else set it meanwhile
+        if gc.get_threshold()[2] == _NO_FULL_COLLECTIONS:  # unless someone set it meanwhile
             gc.set_threshold(young, middle, old)
 
 
