@@ -42,7 +42,9 @@ def validate_pinset(path: str) -> int:
         except PinsetError as e:
             print("\n".join(e.problems), file=sys.stderr)
             code = 2
-        except BaseException:  # noqa: BLE001 - a child must never return into the caller
+        except BaseException as e:  # noqa: BLE001 - a child must never return into the caller
+            print(f"pinproxy: could not check the pinset {path}: {e!r}; not starting",
+                  file=sys.stderr)
             code = 70
         finally:
             sys.stderr.flush()
