@@ -14,7 +14,7 @@ from mitmproxy import exceptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout too
 
-from pinproxy.addon import Pinning
+from pinproxy.proxy.addon import Pinning
 
 
 class ScriptPinning(Pinning):
@@ -24,7 +24,7 @@ class ScriptPinning(Pinning):
         try:
             super().configure(updated)
         except exceptions.OptionsError as e:
-            logging.getLogger("pinproxy.addon").error("%s", e)
+            logging.getLogger("pinproxy.proxy.addon").error("%s", e)
 
 
 addons = [ScriptPinning()]

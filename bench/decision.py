@@ -104,7 +104,7 @@ def _measure(size: int, path: Path, ders: tuple[bytes, ...], x509s: list[crypto.
         del traced_pinset
         peak, kept = peak_bytes / MIB, kept_bytes / MIB
     today = dt.datetime.now(dt.UTC).date()
-    if not decide(pinset, PINNED_NAMES, _chain(ders), today).allowed:
+    if not decide(pinset, PINNED_NAMES, _chain(ders), today).proceeds:
         raise SystemExit(f"bench/decision.py: the pinned handshake was refused with {size} hosts")
 
     def callback() -> None:  # what pinproxy's verify callback does per handshake

@@ -12,7 +12,7 @@ import random
 from pathlib import Path
 
 from pinproxy.pins import Pin, PinKind
-from pinproxy.writer import PinLine, RuleText, render_pinset
+from pinproxy.tools.render import PinLine, RuleText, render_pinset
 
 __all__ = ["pinset_rules", "write_pinset"]
 

@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as `python bench/run.py`: make the `bench` 
 
 import pinproxy
 from bench import _proc, load, nginx, pinsets, pki, proxies, reload, results, soak
-from pinproxy.ca import ensure_ca
+from pinproxy.proxy.ca import ensure_ca
 
 
 @dataclass(frozen=True, slots=True)

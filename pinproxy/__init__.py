@@ -1,6 +1,6 @@
 """pinproxy: a forward proxy that enforces certificate and public-key pins.
 
-The library is the pure core (pins, pinsets, the decision); `pinproxy.addon` adapts it to
+The library is the pure core (pins, pinsets, the decision); `pinproxy.proxy.addon` adapts it to
 mitmproxy and `pinproxy.cli` runs it.
 """
 

@@ -55,7 +55,9 @@ class Decision:
     detail: str = ""
 
     @property
-    def allowed(self) -> bool:
+    def proceeds(self) -> bool:
+        """True when the connection goes ahead: allowed, or a violation that report mode lets
+        through. Not the same as `action is Action.ALLOW`."""
         return self.action is not Action.BLOCK
 
     @property

@@ -16,10 +16,10 @@ from mitmproxy.proxy.context import Context
 from mitmproxy.test import taddons, tflow
 from OpenSSL import SSL, crypto
 
-from pinproxy.addon import Pinning, _HandshakeCheck
 from pinproxy.loader import load_pinset
 from pinproxy.pins import certificate_pins
 from pinproxy.pinset import Pinset
+from pinproxy.proxy.addon import Pinning, _HandshakeCheck
 from tests import certs
 
 OTHER_PIN = "sha256/" + "A" * 43 + "="
@@ -168,7 +168,7 @@ def test_a_background_reload_installs_the_new_pinset_and_merges_requests(
         tctx.configure(addon, pinset=str(path))
         first = addon.pinset
         pinset_file(tmp_path, OTHER_PIN)
-        monkeypatch.setattr("pinproxy.addon.load_pinset", counted_load)
+        monkeypatch.setattr("pinproxy.proxy.addon.load_pinset", counted_load)
         interval = sys.getswitchinterval()
 
         async def three_signals() -> None:

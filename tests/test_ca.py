@@ -10,8 +10,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from mitmproxy import certs
 
-from pinproxy.ca import CA_CERT_FILE, CA_KEY_FILE, ensure_ca
 from pinproxy.errors import PinproxyError
+from pinproxy.proxy.ca import CA_CERT_FILE, CA_KEY_FILE, ensure_ca
 
 
 def test_a_new_ca_is_ecdsa_with_a_private_key_only_its_owner_reads(tmp_path: Path) -> None:

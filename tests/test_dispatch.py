@@ -13,9 +13,9 @@ from mitmproxy import addonmanager, exceptions, hooks, master, options
 from mitmproxy.proxy import server_hooks
 from mitmproxy.test import tflow
 
-from pinproxy.addon import Pinning
-from pinproxy.dispatch import ResolvedHooks
-from pinproxy.master import build_master
+from pinproxy.proxy.addon import Pinning
+from pinproxy.proxy.dispatch import ResolvedHooks
+from pinproxy.proxy.master import build_master
 
 
 class Recorder:

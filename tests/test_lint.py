@@ -1,4 +1,4 @@
-"""Tests of `pinproxy.lint`: each finding with its twin that must stay silent.
+"""Tests of `pinproxy.tools.lint`: each finding with its twin that must stay silent.
 
 Pins are real keys from trustme (tests/certs.py), so a "missing backup" is about real keys;
 the well-known placeholders are the ones the lint must see through.
@@ -15,10 +15,10 @@ from datetime import date, timedelta
 
 import pytest
 
-from pinproxy.lint import CODES, EXPIRY_WARNING_DAYS, Finding, Severity, lint
 from pinproxy.loader import parse_pinset
 from pinproxy.pins import Pin, PinKind
 from pinproxy.pinset import HostRule, Location, Mode, Pinset
+from pinproxy.tools.lint import CODES, EXPIRY_WARNING_DAYS, Finding, Severity, lint
 
 try:
     from tests import certs
@@ -68,7 +68,7 @@ def test_a_careful_pinset_has_no_findings() -> None:
 
 
 def test_finding_keeps_its_shape_and_one_line_form() -> None:
-    """`pinproxy.live` builds findings too: fields and `str` are a contract."""
+    """`pinproxy.tools.live` builds findings too: fields and `str` are a contract."""
     finding = Finding(Severity.WARNING, "expired", "api.example: expired",
                       Location("p.yaml", 3), "api.example")
     assert str(finding) == "p.yaml:3: warning: api.example: expired [expired]"
@@ -282,7 +282,7 @@ def test_the_public_suffix_list_is_read_offline() -> None:
 
         sys.addaudithook(refuse_network)
         from pinproxy.loader import parse_pinset
-        from pinproxy.lint import lint
+        from pinproxy.tools.lint import lint
         pinset = parse_pinset('''
         version: 1
         hosts:

@@ -1,4 +1,4 @@
-"""Tests of `pinproxy.live`: what `pinproxy check --live` says about each host rule.
+"""Tests of `pinproxy.tools.live`: what `pinproxy check --live` says about each host rule.
 
 `rule_findings` is pure: table tests feed it real trustme chains (tests/certs.py) without a
 network. `live_findings` is then run against real loopback TLS servers, reached through
@@ -16,12 +16,12 @@ import trustme
 
 from pinproxy.commands._args import ConnectTo, connect_to
 from pinproxy.errors import PinproxyError
-from pinproxy.lint import Finding, Severity
-from pinproxy.live import LIVE_CODES, live_findings, rule_findings
 from pinproxy.loader import parse_pinset
 from pinproxy.pins import CertificatePins
 from pinproxy.pinset import Pinset
-from pinproxy.probe import ProbeResult
+from pinproxy.tools.lint import Finding, Severity
+from pinproxy.tools.live import LIVE_CODES, live_findings, rule_findings
+from pinproxy.tools.probe import ProbeResult
 from tests import certs, upstream
 from tests.conftest import Serve
 

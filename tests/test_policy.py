@@ -68,7 +68,7 @@ def test_a_pin_anywhere_in_the_verified_chain_allows(position: str) -> None:
     pinned = POSITIONS[position](good_chain())
     host_rule = rule(HOST, {pinned, BACKUP})
     decision = decide(pinset(host_rule), [HOST], good_chain(), TODAY)
-    assert decision.action is Action.ALLOW and decision.allowed and not decision.is_violation
+    assert decision.action is Action.ALLOW and decision.proceeds and not decision.is_violation
     assert decision.reason is Reason.PIN_MATCHED
     assert decision.matched == pinned
     assert decision.rule is host_rule and decision.host == HOST
@@ -79,7 +79,7 @@ def test_a_pin_anywhere_in_the_verified_chain_allows(position: str) -> None:
 def test_the_same_rule_blocks_a_mis_issued_chain(position: str) -> None:
     host_rule = rule(HOST, {POSITIONS[position](good_chain()), BACKUP})
     decision = decide(pinset(host_rule), [HOST], rogue_chain(), TODAY)
-    assert decision.action is Action.BLOCK and not decision.allowed and decision.is_violation
+    assert decision.action is Action.BLOCK and not decision.proceeds and decision.is_violation
     assert decision.reason is Reason.PIN_MISMATCH
     assert decision.matched is None
     assert decision.rule is host_rule and decision.host == HOST
@@ -129,7 +129,7 @@ def test_report_mode_rule_reports_a_mismatch_and_lets_it_through() -> None:
     host_rule = rule(HOST, {good_chain()[2].spki}, mode=Mode.REPORT)
     decision = decide(pinset(host_rule), [HOST], rogue_chain(), TODAY)
     assert (decision.action, decision.reason) == (Action.REPORT, Reason.PIN_MISMATCH)
-    assert decision.allowed and decision.is_violation
+    assert decision.proceeds and decision.is_violation
     # twin: a matching chain is a plain allow, no violation
     ok = decide(pinset(host_rule), [HOST], good_chain(), TODAY)
     assert (ok.action, ok.is_violation) == (Action.ALLOW, False)
@@ -266,7 +266,7 @@ def test_refuse_on_error_denies_and_says_why() -> None:
     assert (decision.action, decision.reason, decision.host) == (Action.BLOCK,
                                                                  Reason.INTERNAL_ERROR, HOST)
     assert decision.detail == "RuntimeError: boom"
-    assert not decision.allowed
+    assert not decision.proceeds
 
 
 def test_decide_accepts_any_iterable_and_sequence() -> None:

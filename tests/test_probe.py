@@ -1,4 +1,4 @@
-"""Tests of `pinproxy.probe` against real loopback TLS servers (tests/upstream.py).
+"""Tests of `pinproxy.tools.probe` against real loopback TLS servers (tests/upstream.py).
 
 The test names do not resolve: `--connect-to` routes them to the loopback server while SNI and
 verification keep the name, as curl does. Pins are cross-checked with `tests/upstream.py`, which
@@ -19,7 +19,7 @@ import trustme
 from pinproxy.commands._args import ConnectTo, connect_to
 from pinproxy.errors import PinproxyError
 from pinproxy.pins import CertificatePins
-from pinproxy.probe import ProbeResult, check_ca_file, probe, probe_many, route, target_text
+from pinproxy.tools.probe import ProbeResult, check_ca_file, probe, probe_many, route, target_text
 from tests import upstream
 from tests.conftest import Serve
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pinproxy.workers import validate_pinset
+from pinproxy.proxy.workers import validate_pinset
 
 
 def test_a_good_pinset_passes_and_a_bad_one_prints_its_problems(

@@ -1,7 +1,8 @@
 """`pinproxy check PINSET`: validate a pinset, then lint it; text for people, JSON for CI.
 
 Load errors keep their `path:line: message` form (stderr in text mode); lint findings come from
-`pinproxy.lint` (and `pinproxy.live` with `--live`); this module only chooses and formats.
+`pinproxy.tools.lint` (and `pinproxy.tools.live` with `--live`); this module only chooses and
+formats.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import json
 import re
 from collections.abc import Sequence
 
-from pinproxy.commands._live import add_probe_options
+from pinproxy.commands._probe_options import add_probe_options
 from pinproxy.errors import PinproxyError, PinsetError
-from pinproxy.lint import CODES, Finding, Severity, lint
-from pinproxy.live import LIVE_CODES, live_findings
 from pinproxy.loader import load_pinset, parse_day
 from pinproxy.pinset import Location, Pinset
+from pinproxy.tools.lint import CODES, Finding, Severity, lint
+from pinproxy.tools.live import LIVE_CODES, live_findings
 
 EXIT_OK = 0
 EXIT_WARNINGS = 1  # only with --strict

@@ -14,14 +14,14 @@ import sys
 from pathlib import Path
 
 from pinproxy.commands._args import host_port
-from pinproxy.commands._live import add_probe_options, progress
+from pinproxy.commands._probe_options import add_probe_options, progress
 from pinproxy.errors import PinproxyError
 from pinproxy.hostnames import normalize_host
 from pinproxy.loader import parse_pinset
 from pinproxy.pinset import Mode
-from pinproxy.probe import probe_many, target_text
-from pinproxy.suggest import suggested_rule
-from pinproxy.writer import RuleText, render_pinset
+from pinproxy.tools.probe import probe_many, target_text
+from pinproxy.tools.render import RuleText, render_pinset
+from pinproxy.tools.suggest import suggested_rule
 
 EXIT_UNVERIFIED = 1
 EXIT_ERROR = 2

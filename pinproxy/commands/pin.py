@@ -21,13 +21,13 @@ from typing import Any
 from cryptography import x509
 
 from pinproxy.commands._args import host_port
-from pinproxy.commands._live import add_probe_options, progress
+from pinproxy.commands._probe_options import add_probe_options, progress
 from pinproxy.errors import PinError, PinproxyError
 from pinproxy.hostnames import normalize_host
 from pinproxy.pins import CertificatePins, KeyMaterial, Pin, read_pem_or_der
-from pinproxy.probe import ProbeResult, probe_many, target_text
-from pinproxy.suggest import BACKUP_NOTE, role, suggested_rule
-from pinproxy.writer import PinLine, RuleText, printable, render_rules
+from pinproxy.tools.probe import ProbeResult, probe_many, target_text
+from pinproxy.tools.render import PinLine, RuleText, printable, render_rules
+from pinproxy.tools.suggest import BACKUP_NOTE, role, suggested_rule
 
 EXIT_UNVERIFIED = 1
 EXIT_ERROR = 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pinproxy.schema import PINSET_SCHEMA
+from pinproxy.json_schema import PINSET_SCHEMA
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

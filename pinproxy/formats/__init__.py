@@ -21,7 +21,7 @@ from pinproxy.formats.model import (
 )
 from pinproxy.loader import parse_pinset
 from pinproxy.pinset import Pinset
-from pinproxy.writer import render_pinset
+from pinproxy.tools.render import render_pinset
 
 __all__ = [
     "EXPORT_FORMATS",

@@ -26,7 +26,7 @@ from pinproxy.formats.model import (
 )
 from pinproxy.pins import parse_pin
 from pinproxy.pinset import HostRule, Mode, Pinset
-from pinproxy.writer import PinLine
+from pinproxy.tools.render import PinLine
 
 __all__ = ["DEFAULT_MAX_AGE", "TARGET", "parse", "render"]
 

@@ -30,7 +30,7 @@ from pinproxy.formats.model import (
 )
 from pinproxy.pins import parse_pin
 from pinproxy.pinset import HostRule, Pinset
-from pinproxy.writer import PinLine
+from pinproxy.tools.render import PinLine
 
 __all__ = ["TARGET", "parse", "render"]
 

@@ -15,7 +15,7 @@ from pinproxy.errors import FormatError, PinproxyError
 from pinproxy.hostnames import is_ip_literal, parse_host_pattern
 from pinproxy.pins import Pin, PinKind
 from pinproxy.pinset import HostRule, Mode, Pinset, Unpinned
-from pinproxy.writer import PinLine, RuleText
+from pinproxy.tools.render import PinLine, RuleText
 
 __all__ = [
     "Converted",

@@ -34,7 +34,7 @@ from pinproxy.formats.model import (
 )
 from pinproxy.pins import Pin, parse_pin
 from pinproxy.pinset import HostRule, Location, Pinset
-from pinproxy.writer import PinLine
+from pinproxy.tools.render import PinLine
 
 __all__ = ["TARGET", "parse", "render"]
 

@@ -20,7 +20,7 @@ import yaml
 
 from pinproxy import loader
 from pinproxy.errors import PinsetError
-from pinproxy.schema import PINSET_SCHEMA
+from pinproxy.json_schema import PINSET_SCHEMA
 from tests.proxy import REPO, run_pinproxy
 
 try:

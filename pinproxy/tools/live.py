@@ -17,12 +17,12 @@ import datetime as dt
 from collections.abc import Sequence
 
 from pinproxy.errors import PinproxyError
-from pinproxy.lint import Finding, Severity
 from pinproxy.pins import CertificatePins
 from pinproxy.pinset import HostRule, Pinset
 from pinproxy.policy import Action, Reason, decide
-from pinproxy.probe import ConnectOverride, ProbeResult, probe_many
-from pinproxy.writer import printable
+from pinproxy.tools.lint import Finding, Severity
+from pinproxy.tools.probe import ConnectOverride, ProbeResult, probe_many
+from pinproxy.tools.render import printable
 
 __all__ = ["LIVE_CODES", "live_findings", "rule_findings"]
 

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from pinproxy.commands._args import ConnectTo, connect_to
-from pinproxy.probe import target_text
+from pinproxy.tools.probe import target_text
 
 __all__ = ["add_probe_options", "progress", "seconds"]
 

@@ -26,7 +26,6 @@ from mitmproxy.proxy import commands, events, layer, layers, server_hooks
 from mitmproxy.proxy.mode_specs import ProxyMode, RegularMode
 from OpenSSL import SSL, crypto
 
-from pinproxy._openssl import verify_error_text, x509_pins
 from pinproxy.errors import HostnameError, PinproxyError
 from pinproxy.hostnames import normalize_host
 from pinproxy.loader import load_pinset
@@ -40,6 +39,7 @@ from pinproxy.policy import (
     decide_plaintext,
     refuse_on_error,
 )
+from pinproxy.proxy._openssl import verify_error_text, x509_pins
 from pinproxy.report import ReportLog, log_line, refusal_page, violation_record
 
 __all__ = ["Pinning"]
@@ -253,7 +253,7 @@ class Pinning:
             return
         logger.warning(log_line(decision, port))
         self._write_report(decision, port, served)
-        if decision.allowed:
+        if decision.proceeds:
             self._checked.add(server.id)
         else:
             self._refuse(data.context.client, server, decision, log=False)
@@ -346,7 +346,7 @@ class Pinning:
                     port = context.server.address[1] if context.server.address else None
                     logger.warning(log_line(refusal, port))
                     self._write_report(refusal, port, list)
-                if refusal.allowed:
+                if refusal.proceeds:
                     return
         except Exception as e:  # noqa: BLE001 - deny-on-error guard: close, never forward
             logger.error("pinproxy could not decide the tunnel layer: %s; closing it", e)
@@ -417,7 +417,7 @@ class _HandshakeCheck:
             decision = (decide(pinset, self.names, self._chain(), _today()) if pinset
                         else _no_pinset(self.names[0] if self.names else ""))
             self._verdict(conn, decision)
-            return decision.allowed
+            return decision.proceeds
         except Exception as e:  # noqa: BLE001 - deny-on-error guard: an error fails the handshake
             logger.error("pinproxy pin check failed: %s; refusing", e)
             try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pinproxy.loader import load_pinset, parse_pinset
 from pinproxy.pins import parse_pin
-from pinproxy.writer import PinLine, RuleText, printable, render_loaded, render_pinset
+from pinproxy.tools.render import PinLine, RuleText, printable, render_loaded, render_pinset
 
 PIN = parse_pin("sha256/47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=")
 

@@ -21,8 +21,8 @@ from mitmproxy.addons import (
     tlsconfig,
 )
 
-from pinproxy.addon import Pinning
-from pinproxy.dispatch import ResolvedHooks
+from pinproxy.proxy.addon import Pinning
+from pinproxy.proxy.dispatch import ResolvedHooks
 
 __all__ = ["build_master"]
 

@@ -21,9 +21,9 @@ from typing import Protocol
 import certifi
 from OpenSSL import SSL, crypto
 
-from pinproxy._openssl import expect_name, verify_error_text, x509_pins
 from pinproxy.errors import PinproxyError
 from pinproxy.pins import CertificatePins
+from pinproxy.proxy._openssl import expect_name, verify_error_text, x509_pins
 
 __all__ = ["ConnectOverride", "ProbeResult", "check_ca_file", "probe", "probe_many", "route",
            "target_text"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pinproxy.pins import CertificatePins
-from pinproxy.writer import PinLine, RuleText, printable
+from pinproxy.tools.render import PinLine, RuleText, printable
 
 __all__ = ["BACKUP_NOTE", "role", "suggested_rule"]
 

@@ -1,0 +1,1 @@
+"""Offline tooling: lint, live checks of real servers, pin suggestions, pinset YAML out."""
