@@ -9,10 +9,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-try:
-    from tests import upstream
-except ImportError:  # pytest run with tests/ on sys.path
-    import upstream  # type: ignore[no-redef]
+from tests import upstream
 
 # Names the test certificates are valid for. They do not resolve: clients reach them through
 # the proxy with --connect-to / SNI (see tests/proxy.py), so no /etc/hosts is needed.

@@ -14,14 +14,10 @@ import pytest
 import trustme
 
 from pinproxy.cli import main
+from tests import certs
 from tests.conftest import Serve
 from tests.proxy import REPO, run_pinproxy
 from tests.upstream import Pki
-
-try:
-    from tests import certs
-except ImportError:  # tests/ is not a package and the rootdir is not on sys.path
-    import certs  # type: ignore[import-not-found,no-redef]
 
 ROOT, INTER, LEAF = (str(cert.spki) for cert in certs.pki("check").chain)
 OTHER_ROOT = str(certs.pki("check-other").chain[-1].spki)

@@ -9,11 +9,7 @@ import yaml
 
 from pinproxy.formats import export_pinset
 from pinproxy.loader import parse_pinset
-
-try:
-    from tests import certs
-except ImportError:  # tests/ is not a package and the rootdir is not on sys.path
-    import certs  # type: ignore[import-not-found,no-redef]
+from tests import certs
 
 X1 = "C5+lpZ7tcVwmwQIMcRtPbsQtWLABXhQzejna0wHFr8M="
 

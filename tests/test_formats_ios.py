@@ -20,11 +20,7 @@ from pinproxy.formats.model import FormatError
 from pinproxy.loader import parse_pinset
 from pinproxy.pinset import Mode
 from pinproxy.policy import Action, Reason, decide
-
-try:
-    from tests import certs
-except ImportError:  # tests/ is not a package and the rootdir is not on sys.path
-    import certs  # type: ignore[import-not-found,no-redef]
+from tests import certs
 
 DATA = Path(__file__).parent / "data" / "formats"
 PLIST = DATA / "Info.plist"

@@ -17,11 +17,7 @@ from pinproxy.formats.model import FormatError
 from pinproxy.loader import parse_pinset
 from pinproxy.pinset import Pinset
 from pinproxy.policy import Action, Reason, decide
-
-try:
-    from tests import certs
-except ImportError:  # tests/ is not a package and the rootdir is not on sys.path
-    import certs  # type: ignore[import-not-found,no-redef]
+from tests import certs
 
 KOTLIN = Path(__file__).parent / "data" / "formats" / "CertificatePinner.kt"
 X1 = "sha256/C5+lpZ7tcVwmwQIMcRtPbsQtWLABXhQzejna0wHFr8M="

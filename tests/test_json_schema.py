@@ -21,12 +21,8 @@ import yaml
 from pinproxy import loader
 from pinproxy.errors import PinsetError
 from pinproxy.json_schema import PINSET_SCHEMA
+from tests import certs
 from tests.proxy import REPO, run_pinproxy
-
-try:
-    from tests import certs
-except ImportError:  # tests/ is not a package and the rootdir is not on sys.path
-    import certs  # type: ignore[import-not-found,no-redef]
 
 VALIDATOR = jsonschema.Draft202012Validator(PINSET_SCHEMA)
 CHAIN = certs.pki("schema").chain

@@ -19,11 +19,7 @@ from pinproxy.loader import parse_pinset
 from pinproxy.pins import Pin, PinKind
 from pinproxy.pinset import HostRule, Location, Mode, Pinset
 from pinproxy.tools.lint import CODES, EXPIRY_WARNING_DAYS, Finding, Severity, lint
-
-try:
-    from tests import certs
-except ImportError:  # tests/ is not a package and the rootdir is not on sys.path
-    import certs  # type: ignore[import-not-found,no-redef]
+from tests import certs
 
 TODAY = date(2027, 6, 1)
 ROOT, INTER, LEAF = (cert.spki for cert in certs.pki("lint").chain)

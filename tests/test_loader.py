@@ -20,11 +20,7 @@ from pinproxy.errors import PinsetError
 from pinproxy.loader import load_pinset, parse_pinset
 from pinproxy.pins import Pin, PinKind, parse_pin
 from pinproxy.pinset import HostRule, Location, Mode, Pinset, Unpinned
-
-try:
-    from tests import certs
-except ImportError:  # tests/ is not a package and the rootdir is not on sys.path
-    import certs  # type: ignore[import-not-found,no-redef]
+from tests import certs
 
 HELLO = "LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ="  # base64(sha256("hello"))
 EMPTY = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="  # base64(sha256(""))

@@ -23,11 +23,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from pinproxy.errors import PinError
 from pinproxy.pins import Pin, PinKind, certificate_pins, parse_pin, read_pem_or_der, spki_pin
-
-try:
-    from tests import certs
-except ImportError:  # tests/ is not a package and the rootdir is not on sys.path
-    import certs  # type: ignore[import-not-found,no-redef]
+from tests import certs
 
 # RFC 7469 example values: well-formed, 32 bytes, and nobody's key (reference section 3.3).
 HELLO = "LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ="

@@ -29,11 +29,7 @@ from cryptography.x509.oid import NameOID
 from pinproxy.commands.pin import read_key_file
 from pinproxy.errors import PinError
 from pinproxy.pins import read_pem_or_der as read_keys
-
-try:
-    from tests import certs
-except ImportError:  # tests/ is not a package and the rootdir is not on sys.path
-    import certs  # type: ignore[import-not-found,no-redef]
+from tests import certs
 
 
 def make_csr(key: CertificateIssuerPrivateKeyTypes, name: str = "backup.api.example",

@@ -22,11 +22,7 @@ from pinproxy.policy import (
     decide_plaintext,
     refuse_on_error,
 )
-
-try:
-    from tests import certs
-except ImportError:  # tests/ is not a package and the rootdir is not on sys.path
-    import certs  # type: ignore[import-not-found,no-redef]
+from tests import certs
 
 TODAY = date(2026, 3, 14)
 HOST = certs.HOST  # api.example

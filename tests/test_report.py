@@ -21,11 +21,7 @@ from pinproxy.pins import Pin, PinKind
 from pinproxy.pinset import HostRule, Location, Mode, Pinset, Unpinned
 from pinproxy.policy import Action, Decision, Reason, decide, refuse_on_error
 from pinproxy.report import ReportLog, log_line, refusal_page, violation_record
-
-try:
-    from tests import certs
-except ImportError:  # tests/ is not a package and the rootdir is not on sys.path
-    import certs  # type: ignore[import-not-found,no-redef]
+from tests import certs
 
 TODAY = dt.date(2026, 3, 14)
 NOW = dt.datetime(2026, 3, 14, 12, 30, 5, tzinfo=dt.UTC)

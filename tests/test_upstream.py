@@ -27,10 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 
-try:
-    from tests import upstream
-except ImportError:  # tests/ is not a package and the rootdir is not on sys.path
-    import upstream  # type: ignore[import-not-found,no-redef]
+from tests import upstream
 
 NAMES = ("api.pinned.test", "127.0.0.1")
 HOST = "api.pinned.test"
