@@ -4,28 +4,40 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
+from dataclasses import replace
 
 from pinproxy.commands._args import port
+from pinproxy.config import RunConfig
 from pinproxy.errors import PinproxyError
+from pinproxy.loader import load_pinset
+from pinproxy.pinset import Pinset
 from pinproxy.proxy.ca import ensure_ca
 from pinproxy.tools.probe import check_ca_file
+
+_SWITCH_INTERVAL = 0.0005  # seconds; see docs/performance.md
+_NO_FULL_COLLECTIONS = 1_000_000_000  # a gen-2 threshold no load reaches
+
+DEFAULTS = RunConfig()
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser("run", help="start the proxy")
-    parser.add_argument("--pinset", default="config/pins.yaml", metavar="PATH",
+    parser.add_argument("--pinset", default=DEFAULTS.pinset, metavar="PATH",
                         help="pinset YAML (default: %(default)s)")
-    parser.add_argument("--listen-host", default="127.0.0.1", help="default: %(default)s")
-    parser.add_argument("--listen-port", type=port, default=8080, help="default: %(default)s")
-    parser.add_argument("--confdir", default="~/.mitmproxy", metavar="DIR",
+    parser.add_argument("--listen-host", default=DEFAULTS.listen_host,
+                        help="default: %(default)s")
+    parser.add_argument("--listen-port", type=port, default=DEFAULTS.listen_port,
+                        help="default: %(default)s")
+    parser.add_argument("--confdir", default=DEFAULTS.confdir, metavar="DIR",
                         help="directory of the proxy's CA (default: %(default)s)")
     parser.add_argument("--upstream-ca", metavar="PEM",
                         help="trust only these CA certificates upstream "
                              "(replaces the default bundle)")
     parser.add_argument("--report-log", metavar="PATH",
                         help="append one JSON object per pin violation to this file")
-    parser.add_argument("--workers", type=_workers, default=1, metavar="N",
+    parser.add_argument("--workers", type=_workers, default=DEFAULTS.workers, metavar="N",
                         help="proxy processes sharing the port, one per core (default: 1)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log every allowed connection")
@@ -40,38 +52,63 @@ def _workers(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.worker is not None:  # started by --workers: the whole configuration is on stdin
+        return _serve(RunConfig.from_json(sys.stdin.read()), worker=args.worker)
+    config = _config(args)
+    ensure_ca(config.confdir)  # before any worker starts, else each would make its own CA
+    if config.workers > 1:
+        return _supervise(config)
+    return _serve(config)
+
+
+def _config(args: argparse.Namespace) -> RunConfig:
+    """The validated run configuration: the one value every part of the proxy reads."""
     if args.upstream_ca:
         try:  # the check `pin` and `check --live` use: CA certificates OpenSSL can load
             check_ca_file(args.upstream_ca)
         except PinproxyError as e:
             raise PinproxyError(f"--upstream-ca {e}") from None
-    if args.worker is None:  # the supervisor made it before starting the workers
-        ensure_ca(args.confdir)
-    if args.workers > 1:
-        return _supervise(args)
+    return RunConfig(pinset=args.pinset, listen_host=args.listen_host,
+                     listen_port=args.listen_port, confdir=args.confdir,
+                     upstream_ca=args.upstream_ca, report_log=args.report_log,
+                     workers=args.workers, verbose=args.verbose)
+
+
+def _serve(config: RunConfig, worker: str = "") -> int:
     from pinproxy.proxy.serve import serve
 
-    return asyncio.run(serve(args))
+    # The process is the proxy's: a pinset loading in a thread must hand the GIL back to the
+    # event loop often (the default 5 ms switch interval holds traffic for long stretches).
+    sys.setswitchinterval(_SWITCH_INTERVAL)
+    return asyncio.run(serve(config, worker, load=_load_without_full_collections))
 
 
-def _supervise(args: argparse.Namespace) -> int:
+def _load_without_full_collections(path: str) -> Pinset:
+    """Load a pinset with the cycle collector's full collections held off.
+
+    Each full collection would scan every object of the process, the growing pinset included,
+    to find nothing (the loader makes no cycles), with the event loop held when the load runs
+    in the background. Young collections go on, so the proxy still collects its own garbage.
+    """
+    young, middle, old = gc.get_threshold()
+    gc.set_threshold(young, middle, _NO_FULL_COLLECTIONS)
+    try:
+        return load_pinset(path)
+    finally:
+        if gc.get_threshold()[2] == _NO_FULL_COLLECTIONS:  # unless someone set it meanwhile
+            gc.set_threshold(young, middle, old)
+
+
+def _supervise(config: RunConfig) -> int:
     """Check what every worker would check, once, then start the workers on one port."""
     from pinproxy.proxy.workers import reserve_port, supervise, validate_pinset
 
     # A bad pinset: one set of messages, not one per worker. Checked in a child process, so the
     # supervisor does not keep a parsed pinset (up to 100+ MB) that it never uses.
-    if code := validate_pinset(args.pinset):
+    if code := validate_pinset(config.pinset):
         return code
-    with reserve_port(args.listen_host, args.listen_port) as reserved:
-        port = reserved.getsockname()[1]
-        common = [sys.executable, "-m", "pinproxy", "run", "--pinset", args.pinset,
-                  "--listen-host", args.listen_host, "--listen-port", str(port),
-                  "--confdir", args.confdir]
-        if args.upstream_ca:
-            common += ["--upstream-ca", args.upstream_ca]
-        if args.report_log:
-            common += ["--report-log", args.report_log]
-        if args.verbose:
-            common.append("--verbose")
-        return supervise([[*common, "--worker", f"{i}/{args.workers}"]
-                          for i in range(1, args.workers + 1)])
+    with reserve_port(config.listen_host, config.listen_port) as reserved:
+        shared = replace(config, listen_port=reserved.getsockname()[1])
+        command = [sys.executable, "-m", "pinproxy", "run", "--worker"]
+        return supervise([[*command, f"{i}/{config.workers}"]
+                          for i in range(1, config.workers + 1)], shared.to_json())

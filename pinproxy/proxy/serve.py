@@ -2,44 +2,50 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import logging
 import signal
+from collections.abc import Callable
 
 from mitmproxy import exceptions, options
 
+from pinproxy.config import RunConfig
 from pinproxy.errors import PinproxyError
+from pinproxy.loader import load_pinset
+from pinproxy.pinset import Pinset
 from pinproxy.proxy.addon import Pinning
 from pinproxy.proxy.master import build_master
 
 __all__ = ["serve"]
 
 
-async def serve(args: argparse.Namespace) -> int:
-    logging.getLogger("pinproxy").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    if args.worker:
+async def serve(config: RunConfig, worker: str = "",
+                load: Callable[[str], Pinset] = load_pinset) -> int:
+    """Serve until a signal stops the proxy. `worker` ("i/N") marks one of `--workers N`;
+    `load` reads a pinset file (the run command's, tuned for the process it owns)."""
+    logging.getLogger("pinproxy").setLevel(logging.DEBUG if config.verbose else logging.INFO)
+    if worker:
         from pinproxy.proxy.workers import enable_reuse_port
 
         enable_reuse_port()
     opts = options.Options()
-    addon = Pinning(label=f"worker {args.worker}" if args.worker else "")
+    addon = Pinning(label=f"worker {worker}" if worker else "")
     master = build_master(opts, addon)
     try:
         # Set every option in one update, after all addons are added: each addon's configure
         # then sees the final values together (and ours can refuse a bypassing combination).
         opts.update(
-            listen_host=args.listen_host,
-            listen_port=args.listen_port,
-            confdir=args.confdir,
+            listen_host=config.listen_host,
+            listen_port=config.listen_port,
+            confdir=config.confdir,
             mode=["regular"],
             connection_strategy="eager",
             http3=False,
-            ssl_verify_upstream_trusted_ca=args.upstream_ca,
-            termlog_verbosity="debug" if args.verbose else "info",
-            pinset=args.pinset,
-            pinset_report_log=args.report_log or "",
+            ssl_verify_upstream_trusted_ca=config.upstream_ca,
+            termlog_verbosity="debug" if config.verbose else "info",
+            pinset=config.pinset,
+            pinset_report_log=config.report_log or "",
         )
     except exceptions.OptionsError as e:
         if isinstance(e.__cause__, PinproxyError):
@@ -57,8 +63,8 @@ async def serve(args: argparse.Namespace) -> int:
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     # What start-up made, the pinset above all, lives as long as the process (or until a
-    # reload): out of the cycle collector's full scans, which would walk a 100 000-rule
-    # pinset's million objects each time (about 0.3 s, with traffic held).
+    # reload): out of the cycle collector's full scans, which would walk a big pinset's
+    # objects each time with traffic held (docs/performance.md).
     gc.collect()
     gc.freeze()
     await master.run()

@@ -69,6 +69,14 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _start(argv: Sequence[str], config: str) -> subprocess.Popen[bytes]:
+    worker = subprocess.Popen(list(argv), stdin=subprocess.PIPE)  # noqa: S603
+    assert worker.stdin is not None
+    with worker.stdin:  # a pipe buffer holds a configuration: the write does not wait
+        worker.stdin.write(config.encode())
+    return worker
+
+
 def enable_reuse_port() -> None:
     """Make mitmproxy's regular-mode listener bind with SO_REUSEPORT (worker processes only).
 
@@ -91,9 +99,10 @@ def enable_reuse_port() -> None:
     instance.listen = listen  # type: ignore[method-assign, assignment]
 
 
-def supervise(worker_argv: Sequence[Sequence[str]]) -> int:
-    """Start one process per argv, relay signals, and stop everything when one exits."""
-    workers = [subprocess.Popen(list(argv)) for argv in worker_argv]  # noqa: S603
+def supervise(worker_argv: Sequence[Sequence[str]], config: str) -> int:
+    """Start one process per argv, each reading `config` (the serialized run configuration)
+    from its standard input; relay signals, and stop everything when one exits."""
+    workers = [_start(argv, config) for argv in worker_argv]
 
     def relay(signum: int, _frame: FrameType | None) -> None:
         for worker in workers:
