@@ -3,10 +3,10 @@
 The pin check runs inside OpenSSL's certificate verification of every upstream handshake
 (`set_verify` on the connection): rejecting there aborts the handshake before mitmproxy sends
 Finished, so not one request byte reaches a server that fails its pins, whatever the protocol.
-The other hooks only explain a refusal to the client (502 page, closed raw tunnel) and stop
-what bypasses the handshake (plain http://, a Host naming another pinned host). Each hook
-turns mitmproxy's objects into plain values, asks `pinproxy.policy`, and applies the answer;
-the pinset in force is a `pinproxy.reloading.CurrentPinset`.
+The other hooks only explain a refusal to the client (a 502 or 421 page, a closed raw tunnel)
+and stop what bypasses the handshake (plain http://, a Host naming another pinned host). Each
+hook turns mitmproxy's objects into plain values, asks `pinproxy.policy`, and applies the
+answer; the pinset in force is a `pinproxy.reloading.CurrentPinset`.
 See docs/design.md for the mitmproxy traps this avoids.
 """
 
