@@ -8,7 +8,15 @@ from pinproxy.errors import HostnameError, PinError, PinproxyError, PinsetError
 from pinproxy.loader import load_pinset, parse_pinset
 from pinproxy.pins import CertificatePins, Pin, PinKind, certificate_pins, parse_pin
 from pinproxy.pinset import HostRule, Location, Mode, Pinset, Unpinned
-from pinproxy.policy import Action, Decision, Reason, decide, decide_plaintext
+from pinproxy.policy import (
+    Action,
+    Decision,
+    Reason,
+    decide,
+    decide_plaintext,
+    decide_request,
+    decide_tunnel,
+)
 
 __all__ = [
     "Action",
@@ -29,6 +37,8 @@ __all__ = [
     "certificate_pins",
     "decide",
     "decide_plaintext",
+    "decide_request",
+    "decide_tunnel",
     "load_pinset",
     "parse_pin",
     "parse_pinset",

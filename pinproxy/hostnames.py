@@ -14,7 +14,8 @@ import idna
 
 from pinproxy.errors import HostnameError
 
-__all__ = ["is_ip_literal", "normalize_host", "parent_domains", "parse_host_pattern"]
+__all__ = ["authority_host", "is_ip_literal", "normalize_host", "parent_domains",
+           "parse_host_pattern"]
 
 # An address starts with a digit, a bracket, or is IPv6 (has a colon); a DNS name that starts
 # with a digit still goes through the parse and falls through to the name checks.
@@ -58,6 +59,14 @@ def _canonical_host(name: str) -> str:
         raise HostnameError(f"host {name!r} is neither a DNS name nor an IP address in "
                             "dotted-quad form")
     return text
+
+
+def authority_host(authority: str) -> str:
+    """The host part of a Host header or :authority, without port or IPv6 brackets."""
+    if authority.startswith("["):
+        return authority[1:].partition("]")[0]
+    host, _, port = authority.rpartition(":")
+    return host if host and port.isdigit() else authority
 
 
 def is_ip_literal(host: str) -> bool:

@@ -1,23 +1,47 @@
-"""The decision: may a connection whose verified chain is known go ahead? Pure and total.
+"""The decisions: may a connection, a request or a raw tunnel go ahead? Pure and total.
 
 Every name the connection involves (CONNECT host, upstream SNI, client SNI) is checked on its
 own; the connection passes only if each covered name finds one of its rule's pins somewhere in
 the verified chain (leaf, intermediate or trust anchor). Nothing here raises for any input.
+
+Where each decision is asked for (the adapter in `pinproxy.proxy.addon` only translates):
+- `decide_handshake`: in OpenSSL's verification of each upstream handshake, the pin check;
+  `refuse_unverified` when OpenSSL itself rejected the chain, `refuse_unchecked` when a
+  handshake completed without reaching the check (e.g. a resumed session).
+- `decide_request`: each HTTP request on a connection that passed (or had no) handshake check:
+  plain http://, and a Host naming another pinned host than the one checked.
+- `decide_tunnel`: a raw TCP/UDP tunnel, which is plaintext when it has no TLS.
+- `refuse_on_error`, `no_pinset`: deny when there is no decision to make.
+- `refusal_status`: the HTTP status a refused request is answered with.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from enum import StrEnum
 
 from pinproxy.errors import HostnameError
-from pinproxy.hostnames import normalize_host
+from pinproxy.hostnames import authority_host, normalize_host
 from pinproxy.pins import CertificatePins, Pin
 from pinproxy.pinset import HostRule, Mode, Pinset, Unpinned
 
-__all__ = ["Action", "Decision", "Reason", "decide", "decide_plaintext", "refuse_on_error"]
+__all__ = [
+    "Action",
+    "Decision",
+    "Reason",
+    "decide",
+    "decide_handshake",
+    "decide_plaintext",
+    "decide_request",
+    "decide_tunnel",
+    "no_pinset",
+    "refusal_status",
+    "refuse_on_error",
+    "refuse_unchecked",
+    "refuse_unverified",
+]
 
 
 class Action(StrEnum):
@@ -95,10 +119,98 @@ def decide_plaintext(pinset: Pinset, name: str, today: date) -> Decision:
                     expired=decision.expired)
 
 
+def decide_handshake(pinset: Pinset | None, names: Sequence[str],
+                     chain: Sequence[CertificatePins], today: date) -> Decision:
+    """The pin check of one upstream handshake whose chain OpenSSL verified; no pinset, no
+    handshake."""
+    if pinset is None:
+        return no_pinset(names[0] if names else "")
+    return decide(pinset, names, chain, today)
+
+
+def refuse_unverified(names: Sequence[str], chain: Sequence[CertificatePins],
+                      detail: str) -> Decision:
+    """OpenSSL rejected the chain (`detail` says why): refused whatever the pins say."""
+    return Decision(Action.BLOCK, Reason.CHAIN_NOT_VERIFIED, names[0] if names else "", None,
+                    tuple(chain), detail=detail)
+
+
+def refuse_unchecked(host: str) -> Decision:
+    """A handshake that completed without reaching the pin check (e.g. a resumed session)."""
+    return Decision(Action.BLOCK, Reason.INTERNAL_ERROR, host, None,
+                    detail="the upstream handshake completed without a pin check")
+
+
+def decide_request(pinset: Pinset | None, scheme: str, host: str, host_header: str | None,
+                   checked: Iterable[str | None], today: date) -> Decision | None:
+    """What one HTTP request may do on a connection that passed (or had no) handshake check.
+
+    `host` is the request's target host, `host_header` its Host header (or :authority), and
+    `checked` the other names its connection's handshake was checked for (upstream and client
+    SNI). None means the connection's own check covers the request. Plain `http://` is refused
+    for a pinned target or Host. An https request whose Host is not among the checked names is
+    judged as that host on an unverified connection: a pinned (or blocked) Host gets
+    `Reason.MISDIRECTED`, answered 421 so the client retries on a connection of its own, which
+    is then checked for that host.
+    """
+    if pinset is None:
+        return no_pinset(host)
+    authority = authority_host(host_header) if host_header else host
+    if scheme == "http":
+        for name in dict.fromkeys((host, authority)):
+            decision = decide_plaintext(pinset, name, today)
+            if decision.is_violation:
+                return decision
+        return None
+    names = {normalized for name in (host, *checked) if name
+             if (normalized := _normalized(name)) is not None}
+    if _normalized(authority) in names:
+        return None
+    decision = decide(pinset, [authority], (), today)
+    if decision.reason is Reason.PIN_MISMATCH or (
+        decision.reason is Reason.NOT_PINNED and decision.is_violation
+    ):
+        return replace(decision, reason=Reason.MISDIRECTED, detail=(
+            f"the request names {decision.host}, but its connection was checked for "
+            f"{', '.join(sorted(names))}"))
+    return decision
+
+
+def decide_tunnel(pinset: Pinset | None, host: str, encrypted: bool,
+                  today: date) -> Decision | None:
+    """A raw tunnel to `host`: None when it is TLS (its handshake was checked), else judged as
+    plaintext."""
+    if encrypted:
+        return None
+    if pinset is None:
+        return no_pinset(host)
+    return decide_plaintext(pinset, host, today)
+
+
+def no_pinset(host: str) -> Decision:
+    """The decision while no pinset is loaded: deny."""
+    return Decision(Action.BLOCK, Reason.INTERNAL_ERROR, host, None,
+                    detail="no pinset is loaded")
+
+
 def refuse_on_error(host: str, error: BaseException) -> Decision:
     """The decision when the check itself failed: deny, and say why."""
     return Decision(Action.BLOCK, Reason.INTERNAL_ERROR, host, None,
                     detail=f"{type(error).__name__}: {error}")
+
+
+def refusal_status(decision: Decision) -> int:
+    """The HTTP status of the answer to a refused request: 421 (Misdirected Request) tells the
+    client to retry on a new connection, which is checked for the host it names; 502 for every
+    other refusal, as the upstream could not be (safely) reached."""
+    return 421 if decision.reason is Reason.MISDIRECTED else 502
+
+
+def _normalized(name: str) -> str | None:
+    try:
+        return normalize_host(name)
+    except HostnameError:
+        return None
 
 
 def _decide_name(

@@ -7,7 +7,7 @@ cannot: errors inside the check, a handshake that completes without a verdict, o
 from __future__ import annotations
 
 import asyncio
-import sys
+import gc
 from pathlib import Path
 
 import pytest
@@ -88,7 +88,8 @@ def test_verify_callback_keeps_openssls_verdict(tmp_path: Path) -> None:
         assert check(SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD)), root, 0, 1, 1)
         # OpenSSL says no at depth 0: refused, even though the root is pinned
         assert not check(SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD)), leaf, 62, 0, 0)
-        refusal = addon._refusals[data.context.client.id][data.conn.id]
+        refusal = addon._refusal(data.context.client, data.conn)
+        assert refusal is not None
         assert refusal.reason == "chain-not-verified" and "hostname mismatch" in refusal.detail
 
 
@@ -105,7 +106,7 @@ def test_verify_callback_allows_a_pinned_chain_and_refuses_another(tmp_path: Pat
             conn = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD))
             assert check(conn, x509(root_pem), 0, 1, 1)
             assert check(conn, x509(leaf_pem), 0, 0, 1) is allowed
-            assert (data.conn.id in addon._checked) is allowed
+            assert (data.conn in addon._checked) is allowed
 
 
 def test_an_error_inside_the_check_refuses(tmp_path: Path) -> None:
@@ -119,12 +120,13 @@ def test_an_error_inside_the_check_refuses(tmp_path: Path) -> None:
                 raise RuntimeError("boom")
 
         assert addon.pinset is not None
-        addon.pinset = BrokenPinset(addon.pinset.rules, addon.pinset.source)
+        addon.pinsets.pinset = BrokenPinset(addon.pinset.rules, addon.pinset.source)
         data = tls_data(tctx)
         check = _HandshakeCheck(addon, data, ["api.example"])
         conn = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD))
         assert not check(conn, x509(pki.leaf_pem), 0, 0, 1)
-        refusal = addon._refusals[data.context.client.id][data.conn.id]
+        refusal = addon._refusal(data.context.client, data.conn)
+        assert refusal is not None
         assert refusal.reason == "internal-error" and "boom" in refusal.detail
 
 
@@ -141,6 +143,57 @@ def test_a_handshake_without_a_verdict_is_refused(tmp_path: Path) -> None:
         assert b"without a pin check" in flow.response.content
 
 
+def test_a_refusal_outlives_the_server_connection_and_not_the_client(tmp_path: Path) -> None:
+    """Eager mode: the refused server connection is closed before the client's request comes,
+    which must still find the refusal; once the client connection is gone, so is its state."""
+    pki = certs.pki("rogue")
+    addon = Pinning()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, pinset=str(pinset_file(tmp_path, root_pin())))
+        data = tls_data(tctx)
+        check = _HandshakeCheck(addon, data, ["api.example"])
+        conn = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD))
+        assert check(conn, x509(pki.root_pem), 0, 1, 1)
+        assert not check(conn, x509(pki.leaf_pem), 0, 0, 1)
+        client, server_id = data.context.client, data.conn.id
+        flow = tflow.tflow()
+        flow.client_conn = client
+        flow.server_conn = tflow.tserver_conn()  # the closed one, as the request's flow sees it
+        flow.server_conn.id = server_id
+        addon.requestheaders(flow)
+        assert flow.response is not None and flow.response.status_code == 502
+        assert flow.response.headers["X-Pinproxy-Reason"] == "pin-mismatch"
+        # the refusal is this client's: another client's request on the same id is not refused
+        other = tflow.tflow()
+        other.server_conn.id = server_id
+        other.request.host = "unpinned.example"
+        other.request.headers["Host"] = "unpinned.example"
+        addon.requestheaders(other)
+        assert other.response is None
+        assert len(addon._refusals) == 1 and len(addon._checked) == 0
+        del data, check, flow, client
+        gc.collect()
+        assert len(addon._refusals) == 0  # no clean-up hook: it went with the client
+
+
+def test_a_checked_server_is_forgotten_with_its_connection(tmp_path: Path) -> None:
+    pki = certs.pki()
+    addon = Pinning()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, pinset=str(pinset_file(tmp_path, root_pin())))
+        data = tls_data(tctx)
+        check = _HandshakeCheck(addon, data, ["api.example"])
+        conn = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD))
+        assert check(conn, x509(pki.root_pem), 0, 1, 1)
+        assert check(conn, x509(pki.leaf_pem), 0, 0, 1)
+        addon.tls_established_server(data)  # checked: nothing refused
+        assert addon._refusal(data.context.client, data.conn) is None
+        assert len(addon._checked) == 1
+        del data, check
+        gc.collect()
+        assert len(addon._checked) == 0
+
+
 def test_no_ssl_connection_means_a_failing_one(tmp_path: Path) -> None:
     addon = Pinning()
     with taddons.context(addon) as tctx:
@@ -149,27 +202,27 @@ def test_no_ssl_connection_means_a_failing_one(tmp_path: Path) -> None:
         data.conn.address = None  # tlsconfig cannot build a connection without an address
         addon.tls_start_server(data)
         assert data.ssl_conn is not None  # a connection whose handshake can only fail
-        assert addon._refusals[data.context.client.id][data.conn.id].reason == "internal-error"
+        refusal = addon._refusal(data.context.client, data.conn)
+        assert refusal is not None and refusal.reason == "internal-error"
 
 
 # -- reloading in the background (SIGHUP) ------------------------------------------------------
 
 def test_a_background_reload_installs_the_new_pinset_and_merges_requests(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    addon = Pinning()
-    path = pinset_file(tmp_path, root_pin())
+        tmp_path: Path) -> None:
     loads: list[str] = []
 
     def counted_load(name: str) -> Pinset:
         loads.append(name)
         return load_pinset(name)
 
+    addon = Pinning(load=counted_load)
+    path = pinset_file(tmp_path, root_pin())
     with taddons.context(addon) as tctx:
         tctx.configure(addon, pinset=str(path))
         first = addon.pinset
         pinset_file(tmp_path, OTHER_PIN)
-        monkeypatch.setattr("pinproxy.proxy.addon.load_pinset", counted_load)
-        interval = sys.getswitchinterval()
+        loads.clear()
 
         async def three_signals() -> None:
             await asyncio.gather(*(addon.reload_in_background() for _ in range(3)))
@@ -178,7 +231,6 @@ def test_a_background_reload_installs_the_new_pinset_and_merges_requests(
         assert addon.pinset is not first and addon.pinset is not None
         assert [str(pin) for pin in addon.pinset.rules[0].pins] == [OTHER_PIN]
         assert loads == [str(path)] * 2  # the first, and one for the two asked meanwhile
-        assert sys.getswitchinterval() == interval
 
 
 def test_a_bad_file_in_a_background_reload_keeps_the_old_pinset(

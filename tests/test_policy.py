@@ -12,6 +12,7 @@ from datetime import date, timedelta
 
 import pytest
 
+from pinproxy.hostnames import authority_host
 from pinproxy.pins import CertificatePins, Pin, PinKind
 from pinproxy.pinset import HostRule, Location, Mode, Pinset, Unpinned
 from pinproxy.policy import (
@@ -19,8 +20,15 @@ from pinproxy.policy import (
     Decision,
     Reason,
     decide,
+    decide_handshake,
     decide_plaintext,
+    decide_request,
+    decide_tunnel,
+    no_pinset,
+    refusal_status,
     refuse_on_error,
+    refuse_unchecked,
+    refuse_unverified,
 )
 from tests import certs
 
@@ -304,3 +312,182 @@ def test_decision_is_immutable() -> None:
     with pytest.raises(AttributeError):
         decision.action = Action.BLOCK  # type: ignore[misc]
     assert isinstance(decision, Decision)
+
+
+# -- the handshake: no pinset, OpenSSL's verdict, no verdict at all -------------------------
+
+def test_decide_handshake_checks_the_chain_and_refuses_without_a_pinset() -> None:
+    rules = pinset(rule(HOST, {good_chain()[2].spki}))
+    allowed = decide_handshake(rules, [HOST, "10.0.0.1"], good_chain(), TODAY)
+    assert (allowed.action, allowed.reason, allowed.chain) == (Action.ALLOW, Reason.PIN_MATCHED,
+                                                               good_chain())
+    blocked = decide_handshake(rules, [HOST, "10.0.0.1"], rogue_chain(), TODAY)
+    assert (blocked.action, blocked.host, blocked.chain) == (Action.BLOCK, HOST, rogue_chain())
+    # no pinset loaded: the good chain is refused too, naming the first host
+    unloaded = decide_handshake(None, [HOST, "10.0.0.1"], good_chain(), TODAY)
+    assert (unloaded.action, unloaded.reason, unloaded.host) == (Action.BLOCK,
+                                                                 Reason.INTERNAL_ERROR, HOST)
+    assert unloaded.detail == "no pinset is loaded" and unloaded == no_pinset(HOST)
+    assert decide_handshake(None, [], (), TODAY).host == ""
+
+
+def test_refuse_unverified_keeps_the_chain_and_openssls_reason() -> None:
+    decision = refuse_unverified([HOST, "10.0.0.1"], list(good_chain()), "hostname mismatch")
+    assert (decision.action, decision.reason, decision.host) == (
+        Action.BLOCK, Reason.CHAIN_NOT_VERIFIED, HOST)
+    assert decision.chain == good_chain() and decision.detail == "hostname mismatch"
+    assert refuse_unverified([], (), "x").host == ""
+
+
+def test_refuse_unchecked_denies_a_handshake_without_a_verdict() -> None:
+    decision = refuse_unchecked(HOST)
+    assert (decision.action, decision.reason, decision.host) == (Action.BLOCK,
+                                                                 Reason.INTERNAL_ERROR, HOST)
+    assert decision.detail == "the upstream handshake completed without a pin check"
+
+
+# -- a request on a connection that passed (or had no) check --------------------------------
+
+ROOT = good_chain()[2].spki
+EXPIRED = rule(HOST, {ROOT}, line=3, expires=TODAY - timedelta(days=1))
+PINNED = pinset(rule(HOST, {ROOT}), rule("cdn.example", {ROOT}, line=6))
+
+
+@pytest.mark.parametrize(("scheme", "host", "host_header", "checked", "expected"), [
+    # https, Host among the names the handshake was checked for: the check covers it
+    ("https", HOST, None, (HOST, HOST), None),
+    ("https", HOST, "API.Example.:443", (HOST, None), None),
+    ("https", "10.0.0.1", HOST, (HOST, None), None),          # pinned SNI, IP CONNECT host
+    ("https", "10.0.0.1", "[::1]:443", ("::1", None), None),
+    # twins: Host names another host than the connection was checked for
+    ("https", "unpinned.example", HOST, ("unpinned.example", None),
+     (Action.BLOCK, Reason.MISDIRECTED, HOST, 421)),
+    ("https", HOST, "cdn.example", (HOST, HOST), (Action.BLOCK, Reason.MISDIRECTED,
+                                                  "cdn.example", 421)),
+    ("https", HOST, "other.example", (HOST, HOST), (Action.ALLOW, Reason.NOT_PINNED,
+                                                    "other.example", 502)),
+    ("https", HOST, "bad host", (HOST, HOST), (Action.BLOCK, Reason.INVALID_HOST, "bad host",
+                                               502)),
+    # plain http:// to a pinned target or Host, and its unpinned twin
+    ("http", HOST, None, (None, None), (Action.BLOCK, Reason.PLAINTEXT, HOST, 502)),
+    ("http", "other.example", "api.example:80", (None, None),
+     (Action.BLOCK, Reason.PLAINTEXT, HOST, 502)),
+    ("http", "other.example", None, (None, None), None),
+    ("http", "other.example", "other.example:8080", (None, None), None),
+], ids=["same-host", "same-host-spelled-otherwise", "sni-covers-ip", "ipv6-host-header",
+        "pinned-host-on-unpinned-connection", "other-pinned-host", "unpinned-host",
+        "invalid-host-header", "http-pinned", "http-pinned-host-header", "http-unpinned",
+        "http-unpinned-host-header"])
+def test_decide_request(scheme: str, host: str, host_header: str | None,
+                        checked: tuple[str | None, str | None],
+                        expected: tuple[Action, Reason, str, int] | None) -> None:
+    decision = decide_request(PINNED, scheme, host, host_header, checked, TODAY)
+    if expected is None:
+        assert decision is None
+        return
+    assert decision is not None
+    assert (decision.action, decision.reason, decision.host,
+            refusal_status(decision)) == expected
+    assert decision.chain == ()  # a request proves nothing about a chain
+
+
+def test_a_misdirected_refusal_names_the_rule_and_the_checked_names() -> None:
+    decision = decide_request(PINNED, "https", "Unpinned.example", HOST,
+                              ("unpinned.example", "bad host"), TODAY)
+    assert decision is not None and decision.rule is PINNED.rules[0]
+    assert decision.detail == ("the request names api.example, but its connection was checked "
+                               "for unpinned.example")
+    # a name that does not normalise checks nothing, so it cannot cover a Host either
+    invalid = decide_request(PINNED, "https", "unpinned.example", "bad host",
+                             ("bad host", None), TODAY)
+    assert invalid is not None and invalid.reason is Reason.INVALID_HOST
+
+
+@pytest.mark.parametrize(("unpinned", "mode", "expected"), [
+    (Unpinned.BLOCK, Mode.ENFORCE, (Action.BLOCK, Reason.MISDIRECTED)),
+    (Unpinned.BLOCK, Mode.REPORT, (Action.REPORT, Reason.MISDIRECTED)),
+    (Unpinned.ALLOW, Mode.ENFORCE, (Action.ALLOW, Reason.NOT_PINNED)),
+])
+def test_a_blocked_unpinned_host_header_is_misdirected(unpinned: Unpinned, mode: Mode,
+                                                       expected: tuple[Action, Reason]) -> None:
+    rules = pinset(rule(HOST, {ROOT}), unpinned=unpinned, mode=mode)
+    decision = decide_request(rules, "https", HOST, "other.example", (HOST, None), TODAY)
+    assert decision is not None and (decision.action, decision.reason) == expected
+
+
+def test_a_request_decision_carries_the_expired_rules() -> None:
+    parent = rule("example", {ROOT}, line=7, include_subdomains=True)
+    rules = pinset(EXPIRED, parent)
+    misdirected = decide_request(rules, "https", "other.test", HOST, (None, None), TODAY)
+    assert misdirected is not None and misdirected.reason is Reason.MISDIRECTED
+    assert (misdirected.rule, misdirected.expired) == (parent, (EXPIRED,))
+    plaintext = decide_request(rules, "http", HOST, None, (None, None), TODAY)
+    assert plaintext is not None and (plaintext.rule, plaintext.expired) == (parent, (EXPIRED,))
+    # twin: with only the expired rule, plain http:// to the host passes
+    assert decide_request(pinset(EXPIRED), "http", HOST, None, (None, None), TODAY) is None
+
+
+def test_a_request_without_a_pinset_is_refused() -> None:
+    for scheme in ("http", "https"):
+        decision = decide_request(None, scheme, HOST, HOST, (HOST, HOST), TODAY)
+        assert decision == no_pinset(HOST) and refusal_status(decision) == 502
+    assert decide_request(pinset(), "https", HOST, HOST, (HOST, HOST), TODAY) is None  # twin
+
+
+def test_a_report_mode_plaintext_request_is_reported_not_refused() -> None:
+    rules = pinset(rule(HOST, {ROOT}, mode=Mode.REPORT))
+    decision = decide_request(rules, "http", HOST, None, (None, None), TODAY)
+    assert decision is not None and decision.action is Action.REPORT and decision.proceeds
+
+
+# -- a raw tunnel ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("rules", "host", "encrypted", "expected"), [
+    (PINNED, HOST, True, None),                                 # its handshake was checked
+    (PINNED, HOST, False, (Action.BLOCK, Reason.PLAINTEXT)),
+    (PINNED, "other.example", False, (Action.ALLOW, Reason.NOT_PINNED)),
+    (pinset(EXPIRED), HOST, False, (Action.ALLOW, Reason.NOT_PINNED)),
+    (pinset(unpinned=Unpinned.BLOCK), "other.example", False, (Action.BLOCK,
+                                                                Reason.NOT_PINNED)),
+    (None, HOST, True, None),
+    (None, HOST, False, (Action.BLOCK, Reason.INTERNAL_ERROR)),
+    (PINNED, "", False, (Action.BLOCK, Reason.INVALID_HOST)),
+], ids=["tls", "plaintext-pinned", "plaintext-unpinned", "plaintext-expired",
+        "plaintext-unpinned-block", "no-pinset-tls", "no-pinset-plaintext", "no-host"])
+def test_decide_tunnel(rules: Pinset | None, host: str, encrypted: bool,
+                       expected: tuple[Action, Reason] | None) -> None:
+    decision = decide_tunnel(rules, host, encrypted, TODAY)
+    if expected is None:
+        assert decision is None
+        return
+    assert decision is not None and (decision.action, decision.reason) == expected
+
+
+def test_a_plaintext_tunnel_carries_the_rule_and_expired_rules() -> None:
+    parent = rule("example", {ROOT}, line=7, include_subdomains=True)
+    decision = decide_tunnel(pinset(EXPIRED, parent), HOST, False, TODAY)
+    assert decision is not None
+    assert (decision.host, decision.rule, decision.expired) == (HOST, parent, (EXPIRED,))
+
+
+# -- the status of a refused request --------------------------------------------------------
+
+@pytest.mark.parametrize(("reason", "status"), [
+    (Reason.MISDIRECTED, 421),
+    *((reason, 502) for reason in Reason if reason is not Reason.MISDIRECTED),
+])
+def test_refusal_status(reason: Reason, status: int) -> None:
+    assert refusal_status(Decision(Action.BLOCK, reason, HOST, None)) == status
+
+
+@pytest.mark.parametrize(("authority", "host"), [
+    ("api.example", "api.example"),
+    ("api.example:8443", "api.example"),
+    ("[::1]:443", "::1"),
+    ("[::1]", "::1"),
+    ("::1", ":"),  # an unbracketed IPv6 Host is malformed: its last group reads as a port
+    ("api.example:", "api.example:"),  # no port digits: left for the name check to refuse
+    (":443", ":443"),
+])
+def test_authority_host(authority: str, host: str) -> None:
+    assert authority_host(authority) == host

@@ -8,17 +8,26 @@ computes them without pinproxy.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from mitmproxy.addons import tlsconfig
+from OpenSSL import SSL
 
 from pinproxy.commands._args import ConnectTo, connect_to
 from pinproxy.errors import PinproxyError
 from pinproxy.pins import CertificatePins
+from pinproxy.proxy import _openssl
 from pinproxy.tools.probe import ProbeResult, check_ca_file, probe, probe_many, route, target_text
 from tests import upstream
 from tests.conftest import Serve
@@ -185,3 +194,64 @@ def test_probe_many_probes_concurrently() -> None:
         elapsed = time.monotonic() - started
     assert all(isinstance(r, PinproxyError) and "no answer" in str(r) for r in results)
     assert elapsed < 1.5, elapsed
+
+
+# -- the host-name check is the proxy's --------------------------------------------------------
+
+def cn_only_chain(ca: trustme.CA, name: str) -> upstream.ServerChain:
+    """A leaf naming `name` only in its subject CN (no subjectAltName), which browsers and the
+    proxy refuse; OpenSSL's default host-name check would still accept it."""
+    issuer = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+    issuer_key = serialization.load_pem_private_key(ca.private_key_pem.bytes(), None)
+    assert isinstance(issuer_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(issuer.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .sign(issuer_key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return upstream.ServerChain(key_pem, (leaf.public_bytes(serialization.Encoding.PEM),))
+
+
+def verify_errors(port: int, ca_file: Path, hostflags: int) -> list[int]:
+    """Handshake with `expect_name(..., hostflags)` and return OpenSSL's verify errors."""
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    context.load_verify_locations(str(ca_file))
+    errors: list[int] = []
+
+    def remember(_c: SSL.Connection, _x: object, errno: int, _d: int, ok: int) -> bool:
+        if not ok:
+            errors.append(errno)
+        return True
+
+    context.set_verify(SSL.VERIFY_PEER, remember)
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(None)  # blocking for OpenSSL; the kernel bounds each wait instead
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 10, 0))
+        conn = SSL.Connection(context, sock)
+        _openssl.expect_name(conn, NAME, hostflags)
+        conn.set_connect_state()
+        conn.do_handshake()
+        with contextlib.suppress(SSL.Error):
+            conn.shutdown()
+    return errors
+
+
+def test_the_probe_checks_names_with_the_proxys_flags() -> None:
+    assert _openssl.HOSTFLAGS == tlsconfig.DEFAULT_HOSTFLAGS  # what the proxy sets upstream
+    assert _openssl.expect_name.__defaults__ == (tlsconfig.DEFAULT_HOSTFLAGS,)
+
+
+def test_a_subject_cn_is_not_a_name_for_the_probe(pki: upstream.Pki, serve: Serve) -> None:
+    server = serve(cn_only_chain(pki.good_ca, NAME))
+    result = probe(NAME, 443, ca_file=str(pki.ca_bundle), connect_to=via(server))
+    assert result.error and "hostname mismatch" in result.error
+    assert result.verified == ()
+    assert verify_errors(server.port, pki.ca_bundle, _openssl.HOSTFLAGS) == [62]
+    # twin: OpenSSL's default flags would have accepted the CN, as the probe once did
+    assert verify_errors(server.port, pki.ca_bundle, 0) == []

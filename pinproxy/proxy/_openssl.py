@@ -1,16 +1,60 @@
-"""pyOpenSSL at the boundary: its certificates as pins, and the two OpenSSL calls it has no
-public API for (mitmproxy uses both)."""
+"""pyOpenSSL at the boundary: its certificates as pins, and the OpenSSL calls it has no public
+API for, in one place.
+
+pyOpenSSL exposes no verify-error text and no host-name verification on a client connection,
+so these go through its private cffi bindings `SSL._lib` / `SSL._ffi` and a connection's
+`_ssl` pointer, as mitmproxy's own `tlsconfig` does. Checked against pyOpenSSL 26.4.0 (with
+OpenSSL 4.0). `check()` (run by `build_master`, and before the live probe names a host) raises
+a `PinproxyError` naming what is missing, instead of a probe or a refusal failing obscurely.
+
+`HOSTFLAGS` are mitmproxy's host-name check flags (no partial wildcards, never the subject CN):
+`expect_name` sets them so that `pin` and `check --live` accept exactly the names the proxy does.
+"""
 
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 from OpenSSL import SSL, crypto
 
+from pinproxy.errors import PinproxyError
 from pinproxy.pins import CertificatePins, certificate_pins
+from pinproxy.proxy._mitmproxy_private import HOSTFLAGS
 
-_ffi = SSL._ffi  # type: ignore[attr-defined]
-_lib = SSL._lib  # type: ignore[attr-defined]
+__all__ = ["HOSTFLAGS", "check", "expect_name", "verify_error_text", "x509_pins"]
+
+CHECKED_VERSION = "26.4.0"
+
+_FUNCTIONS = ("X509_verify_cert_error_string", "SSL_get0_param", "X509_VERIFY_PARAM_set1_host",
+              "X509_VERIFY_PARAM_set1_ip", "X509_VERIFY_PARAM_set_hostflags")
+
+_ffi: Any = getattr(SSL, "_ffi", None)
+_lib: Any = getattr(SSL, "_lib", None)
+_supported = False  # set once `check` passed on the real module
+
+
+def check(ssl: Any = SSL) -> None:
+    """Raise `PinproxyError` if pyOpenSSL lost a private name used here (`ssl`: tests pass a
+    stand-in for the module)."""
+    global _supported
+    if ssl is SSL and _supported:
+        return
+    lib, ffi = getattr(ssl, "_lib", None), getattr(ssl, "_ffi", None)
+    missing = [f"SSL.{name}" for name, value in (("_lib", lib), ("_ffi", ffi)) if value is None]
+    missing += [f"SSL._lib.{name}" for name in _FUNCTIONS
+                if lib is not None and not hasattr(lib, name)]
+    if ffi is not None and not hasattr(ffi, "string"):
+        missing.append("SSL._ffi.string")
+    if not hasattr(ssl.Connection(ssl.Context(ssl.TLS_CLIENT_METHOD)), "_ssl"):
+        missing.append("SSL.Connection._ssl")
+    if missing:
+        import OpenSSL
+
+        raise PinproxyError(
+            f"pyOpenSSL {OpenSSL.__version__} is not supported: {', '.join(missing)} is gone "
+            f"(pinproxy uses it and was checked against pyOpenSSL {CHECKED_VERSION})")
+    _supported = _supported or ssl is SSL
 
 
 def x509_pins(cert: crypto.X509) -> CertificatePins:
@@ -23,9 +67,12 @@ def verify_error_text(errno: int) -> str:
     return str(_ffi.string(_lib.X509_verify_cert_error_string(errno)).decode())
 
 
-def expect_name(conn: SSL.Connection, name: str) -> None:
-    """Send SNI for `name` and make OpenSSL verify the certificate against it."""
+def expect_name(conn: SSL.Connection, name: str, hostflags: int = HOSTFLAGS) -> None:
+    """Send SNI for `name` and make OpenSSL verify the certificate against it, with `hostflags`
+    (by default the proxy's)."""
+    check()
     param = _lib.SSL_get0_param(conn._ssl)
+    _lib.X509_VERIFY_PARAM_set_hostflags(param, hostflags)
     try:
         ip = ipaddress.ip_address(name).packed
     except ValueError:

@@ -3,9 +3,11 @@
 The pin check runs inside OpenSSL's certificate verification of every upstream handshake
 (`set_verify` on the connection): rejecting there aborts the handshake before mitmproxy sends
 Finished, so not one request byte reaches a server that fails its pins, whatever the protocol.
-The other hooks only explain a refusal to the client (502 page, closed raw tunnel) and stop
-what bypasses the handshake (plain http://, a Host naming another pinned host).
-See ../shared/DESIGN.md for the mitmproxy traps this avoids.
+The other hooks only explain a refusal to the client (a 502 or 421 page, a closed raw tunnel)
+and stop what bypasses the handshake (plain http://, a Host naming another pinned host). Each
+hook turns mitmproxy's objects into plain values, asks `pinproxy.policy`, and applies the
+answer; the pinset in force is a `pinproxy.reloading.CurrentPinset`.
+See docs/design.md for the mitmproxy traps this avoids.
 """
 
 from __future__ import annotations
@@ -14,32 +16,34 @@ import asyncio
 import datetime as dt
 import logging
 import os
-import sys
+import weakref
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
 from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy.addonmanager import Loader, traverse
-from mitmproxy.proxy import commands, events, layer, layers, server_hooks
+from mitmproxy.proxy import commands, events, layer, layers
 from mitmproxy.proxy.mode_specs import ProxyMode, RegularMode
 from OpenSSL import SSL, crypto
 
-from pinproxy.errors import HostnameError, PinproxyError
-from pinproxy.hostnames import normalize_host
+from pinproxy.errors import PinproxyError
 from pinproxy.loader import load_pinset
 from pinproxy.pins import CertificatePins
 from pinproxy.pinset import Location, Pinset
 from pinproxy.policy import (
     Action,
     Decision,
-    Reason,
-    decide,
-    decide_plaintext,
+    decide_handshake,
+    decide_request,
+    decide_tunnel,
+    refusal_status,
     refuse_on_error,
+    refuse_unchecked,
+    refuse_unverified,
 )
 from pinproxy.proxy._openssl import verify_error_text, x509_pins
+from pinproxy.reloading import CurrentPinset
 from pinproxy.report import ReportLog, log_line, refusal_page, violation_record
 
 __all__ = ["Pinning"]
@@ -59,44 +63,25 @@ def _today() -> dt.date:
     return dt.datetime.now(dt.UTC).date()
 
 
-async def _in_thread_yielding[T](function: Callable[[str], T], argument: str) -> T:
-    """Run pure-Python work in a thread, handing the GIL back to the event loop often.
-
-    Measured here: at the default 5 ms switch interval the loop waited up to 0.7 s at a time
-    while a 100 000-rule pinset loaded in a thread; at 0.5 ms, 22 ms at most.
-    """
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(min(interval, 0.0005))
-    try:
-        return await asyncio.to_thread(function, argument)
-    finally:
-        sys.setswitchinterval(interval)
-
-
-def _file_signature(path: str) -> tuple[str, int, int, int] | None:
-    """What tells a changed pinset file from the one loaded (None when it cannot be read)."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return os.path.abspath(path), stat.st_ino, stat.st_mtime_ns, stat.st_size
-
-
 class Pinning:
     """Enforces a pinset on every upstream TLS connection mitmproxy makes."""
 
-    def __init__(self, label: str = "") -> None:
+    def __init__(self, label: str = "", load: Callable[[str], Pinset] = load_pinset) -> None:
         self.label = label  # e.g. "worker 1/2", shown in the start-up line
-        self.pinset: Pinset | None = None
-        self._pinset_signature: tuple[str, int, int, int] | None = None
-        self._report_log: ReportLog | None = None
-        # client id -> server id -> refusal, kept until the client leaves: in eager mode the
-        # failed server connection is already closed when the client's request arrives.
-        self._refusals: dict[str, dict[str, Decision]] = {}
-        self._checked: set[str] = set()  # server ids whose handshake reached our verdict
         self._expiry_noted: set[Location] = set()
-        self._reloading = False  # a background reload is running
-        self._reload_again = False  # and another was asked for meanwhile
+        self.pinsets = CurrentPinset(load, on_install=lambda _: self._expiry_noted.clear())
+        self._report_log: ReportLog | None = None
+        # client -> server id -> refusal, as long as the client connection lives: in eager mode
+        # the failed server connection is already closed when the client's request arrives.
+        self._refusals: weakref.WeakKeyDictionary[connection.Client, dict[str, Decision]] = (
+            weakref.WeakKeyDictionary())
+        # server connections whose handshake reached our verdict
+        self._checked: weakref.WeakSet[connection.Server] = weakref.WeakSet()
+
+    @property
+    def pinset(self) -> Pinset | None:
+        """The pinset in force (None until one loaded: then every connection is refused)."""
+        return self.pinsets.pinset
 
     # -- options ---------------------------------------------------------------------------
 
@@ -132,53 +117,15 @@ class Pinning:
 
     def reload(self, force: bool = True) -> None:
         """Load the pinset file; a bad file raises `OptionsError` and the old pinset stays."""
-        path = ctx.options.pinset
-        signature = _file_signature(path)
-        if not force and signature is not None and signature == self._pinset_signature:
-            return
         try:
-            pinset = load_pinset(path)
+            self.pinsets.load(ctx.options.pinset, force=force)
         except PinproxyError as e:
-            raise exceptions.OptionsError(f"{e}{self._kept()}") from e
-        self._install(pinset, path, signature)
+            raise exceptions.OptionsError(f"{e}{self.pinsets.kept_note}") from e
 
     async def reload_in_background(self) -> None:
-        """Reload the pinset read in a thread (SIGHUP): traffic keeps flowing, checked against
-        the old pinset, while a big one loads (100 000 rules take seconds, during which a
-        `reload` on the event loop would hold every connection). A bad file is logged and
-        changes nothing; reloads asked for meanwhile are merged into one more."""
-        if self._reloading:
-            self._reload_again = True
-            return
-        self._reloading = True
-        try:
-            while True:
-                self._reload_again = False
-                path = ctx.options.pinset
-                signature = _file_signature(path)  # before reading: a later change reloads
-                try:
-                    pinset = await _in_thread_yielding(load_pinset, path)
-                except Exception as e:  # noqa: BLE001 - a failed reload keeps the old pinset
-                    logger.error("pinproxy pinset reload failed: %s%s", e, self._kept())
-                else:
-                    self._install(pinset, path, signature)
-                if not self._reload_again:
-                    break
-        finally:
-            self._reloading = False
-
-    def _kept(self) -> str:
-        return "; the previous pinset stays in force" if self.pinset else ""
-
-    def _install(self, pinset: Pinset, path: str,
-                 signature: tuple[str, int, int, int] | None) -> None:
-        if self.pinset is not None:  # the first load is announced by the startup line
-            logger.info("pinproxy reloaded pinset %s: %d host rules, %d pins, mode %s, "
-                        "unpinned %s", path, len(pinset.rules), pinset.pin_count, pinset.mode,
-                        pinset.unpinned)
-        self.pinset = pinset
-        self._pinset_signature = signature
-        self._expiry_noted.clear()
+        """Reload the pinset, read in a thread (SIGHUP): traffic keeps flowing, checked against
+        the old pinset, while a big one loads. A bad file is logged and changes nothing."""
+        await self.pinsets.load_in_background(ctx.options.pinset)
 
     def _open_report_log(self, path: str) -> None:
         if self._report_log is not None:
@@ -232,10 +179,8 @@ class Pinning:
     def tls_established_server(self, data: tls.TlsData) -> None:
         """A handshake that completed without our verdict (e.g. resumed) is treated as refused."""
         server = cast(connection.Server, data.conn)
-        if server.id not in self._checked:
-            decision = Decision(Action.BLOCK, Reason.INTERNAL_ERROR, server.sni or "", None,
-                                detail="the upstream handshake completed without a pin check")
-            self._refuse(data.context.client, server, decision)
+        if server not in self._checked:
+            self._refuse(data.context.client, server, refuse_unchecked(server.sni or ""))
 
     def on_verdict(self, data: tls.TlsData, decision: Decision,
                    served: Callable[[], list[CertificatePins]]) -> None:
@@ -248,20 +193,20 @@ class Pinning:
                 logger.warning("pinproxy rule for %s at %s expired on %s and is not enforced",
                                rule.host, rule.location, rule.expires)
         if decision.action is Action.ALLOW:
-            self._checked.add(server.id)
+            self._checked.add(server)
             logger.debug(log_line(decision, port))
             return
         logger.warning(log_line(decision, port))
         self._write_report(decision, port, served)
         if decision.proceeds:
-            self._checked.add(server.id)
+            self._checked.add(server)
         else:
             self._refuse(data.context.client, server, decision, log=False)
 
     def _refuse(self, client: connection.Client, server: connection.Server,
                 decision: Decision, log: bool = True) -> None:
-        self._checked.discard(server.id)
-        self._refusals.setdefault(client.id, {})[server.id] = decision
+        self._checked.discard(server)
+        self._refusals.setdefault(client, {})[server.id] = decision
         if log:
             logger.warning(log_line(decision, server.address[1] if server.address else None))
 
@@ -279,51 +224,24 @@ class Pinning:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         """Answer a refused connection with a page that explains it; refuse what was not checked."""
-        refusal = self._refusals.get(flow.client_conn.id, {}).get(flow.server_conn.id)
+        refusal = self._refusal(flow.client_conn, flow.server_conn)
         if refusal is not None:  # logged and reported when the handshake was refused
-            _refuse_request(flow, 502, refusal)
+            _refuse_request(flow, refusal)
             return
+        request = flow.request
         try:
-            decision, status = self._request_decision(flow)
+            decision = decide_request(
+                self.pinset, request.scheme, request.host, request.host_header,
+                (flow.server_conn.sni, flow.client_conn.sni), _today())
         except Exception as e:  # noqa: BLE001 - deny-on-error guard: no decision, no request
             logger.error("pinproxy request check failed: %s; refusing", e)
-            decision, status = refuse_on_error(flow.request.host, e), 502
+            decision = refuse_on_error(request.host, e)
         if decision is None or decision.action is Action.ALLOW:
             return
-        logger.warning(log_line(decision, flow.request.port))
-        self._write_report(decision, flow.request.port, list)
-        if decision.action is Action.BLOCK:
-            _refuse_request(flow, status, decision)
-
-    def _request_decision(self, flow: http.HTTPFlow) -> tuple[Decision | None, int]:
-        """What a request on a connection that passed (or had no) upstream check may do."""
-        pinset = self.pinset
-        if pinset is None:
-            return _no_pinset(flow.request.host), 502
-        request = flow.request
-        authority = _host_of(request.host_header) if request.host_header else request.host
-        today = _today()
-        if request.scheme == "http":
-            for name in dict.fromkeys((request.host, authority)):
-                decision = decide_plaintext(pinset, name, today)
-                if decision.is_violation:
-                    return decision, 502
-            return None, 200
-        checked = {_normalized(n) for n in
-                   (request.host, flow.server_conn.sni, flow.client_conn.sni) if n}
-        if _normalized(authority) in checked:
-            return None, 200
-        # The handshake checked other names: a pinned (or blocked) authority gets 421 so the
-        # client retries on a connection of its own, which is checked for it.
-        decision = decide(pinset, [authority], (), today)
-        if decision.reason is Reason.PIN_MISMATCH or (
-            decision.reason is Reason.NOT_PINNED and decision.is_violation
-        ):
-            decision = replace(decision, reason=Reason.MISDIRECTED, detail=(
-                f"the request names {decision.host}, but its connection was checked for "
-                f"{', '.join(sorted(c for c in checked if c))}"))
-            return decision, 421
-        return decision, 502
+        logger.warning(log_line(decision, request.port))
+        self._write_report(decision, request.port, list)
+        if not decision.proceeds:
+            _refuse_request(flow, decision)
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         """Close raw tunnels whose upstream check failed, and refuse raw plaintext to pinned hosts.
@@ -337,13 +255,13 @@ class Pinning:
             if not isinstance(nextlayer.layer, layers.TCPLayer | layers.UDPLayer):
                 return
             context = nextlayer.context
-            refusal = self._refusals.get(context.client.id, {}).get(context.server.id)
-            if refusal is None and not context.server.tls:
-                host = context.server.address[0] if context.server.address else ""
-                refusal = (decide_plaintext(self.pinset, host, _today()) if self.pinset
-                           else _no_pinset(host))
+            refusal = self._refusal(context.client, context.server)
+            if refusal is None:
+                host, port = context.server.address or ("", None)
+                refusal = decide_tunnel(self.pinset, host, context.server.tls, _today())
+                if refusal is None:
+                    return
                 if refusal.action is not Action.ALLOW:
-                    port = context.server.address[1] if context.server.address else None
                     logger.warning(log_line(refusal, port))
                     self._write_report(refusal, port, list)
                 if refusal.proceeds:
@@ -354,11 +272,10 @@ class Pinning:
         if refusal is not None:
             nextlayer.layer = _CloseClient(nextlayer.context)
 
-    def client_disconnected(self, client: connection.Client) -> None:
-        self._refusals.pop(client.id, None)
-
-    def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
-        self._checked.discard(data.server.id)
+    def _refusal(self, client: connection.Client, server: connection.Server) -> Decision | None:
+        """The refusal recorded for this client's handshake with `server`, if any."""
+        refusals = self._refusals.get(client)
+        return refusals.get(server.id) if refusals else None
 
 
 def _check_soon_that_pinning_is_active() -> None:
@@ -407,15 +324,12 @@ class _HandshakeCheck:
             certificate = x509_pins(cert)
             self.chain[depth] = certificate
             if not ok:
-                self._verdict(conn, Decision(
-                    Action.BLOCK, Reason.CHAIN_NOT_VERIFIED, self.names[0] if self.names else "",
-                    None, tuple(self._chain()), detail=_verify_error(errno, depth)))
+                self._verdict(conn, refuse_unverified(self.names, self._chain(),
+                                                      _verify_error(errno, depth)))
                 return False
             if depth > 0:
                 return True
-            pinset = self.addon.pinset
-            decision = (decide(pinset, self.names, self._chain(), _today()) if pinset
-                        else _no_pinset(self.names[0] if self.names else ""))
+            decision = decide_handshake(self.addon.pinset, self.names, self._chain(), _today())
             self._verdict(conn, decision)
             return decision.proceeds
         except Exception as e:  # noqa: BLE001 - deny-on-error guard: an error fails the handshake
@@ -448,34 +362,14 @@ def _verify_error(errno: int, depth: int) -> str:
     return f"OpenSSL rejected the certificate at depth {depth}: {verify_error_text(errno)}"
 
 
-def _no_pinset(host: str) -> Decision:
-    return Decision(Action.BLOCK, Reason.INTERNAL_ERROR, host, None,
-                    detail="no pinset is loaded")
-
-
-def _refuse_request(flow: http.HTTPFlow, status: int, decision: Decision) -> None:
+def _refuse_request(flow: http.HTTPFlow, decision: Decision) -> None:
     """Answer in place of the server. A streamed request body cannot coexist with a response
     set in `requestheaders` (mitmproxy raises), so the body is read and dropped instead."""
     flow.request.stream = False
-    flow.response = http.Response.make(status, refusal_page(decision), {
+    flow.response = http.Response.make(refusal_status(decision), refusal_page(decision), {
         "Content-Type": "text/plain; charset=utf-8",
         "X-Pinproxy-Reason": decision.reason.value,
     })
-
-
-def _normalized(name: str) -> str | None:
-    try:
-        return normalize_host(name)
-    except HostnameError:
-        return None
-
-
-def _host_of(authority: str) -> str:
-    """The host part of a Host header or :authority, without port or IPv6 brackets."""
-    if authority.startswith("["):
-        return authority[1:].partition("]")[0]
-    host, _, port = authority.rpartition(":")
-    return host if host and port.isdigit() else authority
 
 
 def _failing_connection() -> SSL.Connection:

@@ -3,13 +3,14 @@
 mitmproxy's `AddonManager` walks the whole addon chain for every event: for each addon a
 `getattr` of the hook, a generator, a `safecall` context and the hook's arguments built again,
 and for a flow event a second walk for the `update` hook. A tunnel raises about twenty events,
-a request about ten, though most hooks have one handler or none in pinproxy's ten addons. In
-`bench/run.py` the walk cost a tenth of the proxy's CPU time per new tunnel (6.4 → 5.8 ms
-without it) and a seventh per keep-alive request (1.07 → 0.91 ms).
+a request about ten, though most hooks have one handler or none in pinproxy's ten addons, so
+the walk is a noticeable share of the proxy's CPU time per tunnel and per keep-alive request
+(figures in docs/performance.md).
 
 `pinproxy run`'s chain is fixed once it starts, so the handlers of a hook are resolved on the
 hook's first event and kept until an addon is added or removed. Order, error handling (an
-addon's exception is logged and the next addon runs) and `AddonHalt` are mitmproxy's own.
+addon's exception is logged and the next addon runs) and `AddonHalt` are mitmproxy's own; the
+handlers are found by mitmproxy's private `_iter_hooks` (see `_mitmproxy_private`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import addonmanager, exceptions, hooks
+
+from pinproxy.proxy._mitmproxy_private import iter_hooks
 
 __all__ = ["ResolvedHooks"]
 
@@ -37,8 +40,7 @@ class ResolvedHooks(addonmanager.AddonManager):
         """The handlers of this event's hook, grouped by addon, in chain order."""
         found = self._resolved.get(event.name)
         if found is None:
-            groups = (tuple(func for _, func in self._iter_hooks(addon, event))
-                      for addon in self.chain)
+            groups = (tuple(iter_hooks(self, addon, event)) for addon in self.chain)
             found = self._resolved[event.name] = tuple(group for group in groups if group)
         return found
 

@@ -21,6 +21,7 @@ from mitmproxy.addons import (
     tlsconfig,
 )
 
+from pinproxy.proxy import _mitmproxy_private, _openssl
 from pinproxy.proxy.addon import Pinning
 from pinproxy.proxy.dispatch import ResolvedHooks
 
@@ -28,14 +29,20 @@ __all__ = ["build_master"]
 
 
 def build_master(opts: options.Options, pinning: Pinning) -> master.Master:
-    """A Master with the minimal addon chain; `pinning` comes last, after `tlsconfig`."""
+    """A Master with the minimal addon chain; `pinning` comes last, after `tlsconfig`.
+
+    Raises `PinproxyError` if mitmproxy or pyOpenSSL no longer has a private name pinproxy uses.
+    """
+    _mitmproxy_private.check()
+    _openssl.check()
     proxy = master.Master(opts)
     # Master makes a plain AddonManager, still empty: swap in the one that resolves hooks once.
-    opts.changed.disconnect(proxy.addons._configure_all)
+    _mitmproxy_private.detach_addon_manager(opts, proxy.addons)
     proxy.addons = ResolvedHooks(proxy)
-    proxy._termlog_addon = termlog.TermLog()  # what with_termlog=True does, on the new manager
+    termlog_addon = termlog.TermLog()  # what with_termlog=True does, on the new manager
+    _mitmproxy_private.set_termlog(proxy, termlog_addon)
     proxy.addons.add(
-        proxy._termlog_addon,
+        termlog_addon,
         core.Core(),
         block.Block(),                # refuses clients from public addresses (block_global)
         disable_h2c.DisableH2C(),     # HTTP/2 cleartext upgrades would break the HTTP layer

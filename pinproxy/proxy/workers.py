@@ -80,23 +80,12 @@ def _start(argv: Sequence[str], config: str) -> subprocess.Popen[bytes]:
 def enable_reuse_port() -> None:
     """Make mitmproxy's regular-mode listener bind with SO_REUSEPORT (worker processes only).
 
-    mitmproxy 12 calls `asyncio.start_server(handler, host, port)` with no way to pass
-    `reuse_port`; this replaces that one method of `RegularInstance` in this process.
+    It replaces a private mitmproxy method, so it lives with the others (and their check) in
+    `_mitmproxy_private`; imported here, when called, to keep mitmproxy out of the supervisor.
     """
-    import asyncio
+    from pinproxy.proxy import _mitmproxy_private
 
-    from mitmproxy.proxy import mode_servers
-
-    instance = mode_servers.RegularInstance
-    if not hasattr(instance, "handle_stream") or not hasattr(instance, "listen"):
-        raise PinproxyError("--workers needs mitmproxy 12's RegularInstance.listen; "
-                            "this mitmproxy version is not supported for workers")
-
-    async def listen(self: mode_servers.RegularInstance, host: str,
-                     port: int) -> list[asyncio.Server]:
-        return [await asyncio.start_server(self.handle_stream, host, port, reuse_port=True)]
-
-    instance.listen = listen  # type: ignore[method-assign, assignment]
+    _mitmproxy_private.enable_reuse_port()
 
 
 def supervise(worker_argv: Sequence[Sequence[str]], config: str) -> int:
