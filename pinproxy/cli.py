@@ -20,7 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.command(args)
     except PinsetError as e:
-        print("\n".join(e.problems), file=sys.stderr)
+        print(e, file=sys.stderr)
         return EXIT_USAGE
     except PinproxyError as e:
         print(f"pinproxy: {e}", file=sys.stderr)

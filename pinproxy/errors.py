@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["FormatError", "HostnameError", "PinError", "PinproxyError", "PinsetError"]
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pinset imports pins, which imports this module
+    from pinproxy.pinset import Location
+
+__all__ = ["FormatError", "HostnameError", "PinError", "PinproxyError", "PinsetError", "Problem"]
 
 
 class PinproxyError(Exception):
@@ -22,9 +29,25 @@ class FormatError(PinproxyError):
     platform would reject."""
 
 
-class PinsetError(PinproxyError):
-    """A pinset file with problems; `problems` holds every `path:line: message`, in file order."""
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong in a file, kept structured so callers never parse text back.
 
-    def __init__(self, problems: list[str]) -> None:
+    `location.line` is None for a problem with the file as a whole (it cannot be read).
+    `str()` is the one rendering users see: `path:line: message`, or `path: message`.
+    """
+
+    location: Location
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.message}"
+
+
+class PinsetError(PinproxyError):
+    """A pinset file with problems; `problems` holds every `Problem`, in file order, and
+    `str()` is their renderings, one a line."""
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
         self.problems = tuple(problems)
-        super().__init__("\n".join(self.problems))
+        super().__init__("\n".join(str(problem) for problem in self.problems))

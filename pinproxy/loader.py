@@ -20,7 +20,7 @@ from typing import BinaryIO
 import yaml
 
 from pinproxy._yamltree import Alias, Mapping, Node, Scalar, Sequence, parse_documents
-from pinproxy.errors import PinproxyError, PinsetError
+from pinproxy.errors import PinproxyError, PinsetError, Problem
 from pinproxy.hostnames import parse_host_pattern
 from pinproxy.pins import Pin, parse_pin, read_pem_or_der
 from pinproxy.pinset import HostRule, Location, Mode, Pinset, Unpinned
@@ -54,7 +54,8 @@ def load_pinset(path: str | Path) -> Pinset:
         with open(path, "rb") as stream:  # libyaml reads it in chunks: no copy of a big file
             return parse_pinset(stream, name, base_dir=Path(path).parent)
     except OSError as e:
-        raise PinsetError([f"{name}: cannot read pinset: {e.strerror or e}"]) from None
+        raise PinsetError([Problem(Location(name),
+                                   f"cannot read pinset: {e.strerror or e}")]) from None
 
 
 def parse_pinset(text: str | bytes | BinaryIO, source: str = "<pinset>",
@@ -83,7 +84,8 @@ class _Parser:
             pinset = self._pinset(root) if root is not None else None
         if self.problems or pinset is None:
             ordered = sorted(self.problems, key=lambda p: p[0])
-            raise PinsetError([f"{self.source}:{line}: {message}" for line, message in ordered])
+            raise PinsetError(Problem(Location(self.source, line), message)
+                              for line, message in ordered)
         return pinset
 
     def _compose(self, text: str | bytes | BinaryIO) -> Node | None:
@@ -91,8 +93,8 @@ class _Parser:
             documents = parse_documents(text, stream_key="hosts", on_item=self._add_rule)
         except yaml.reader.ReaderError as e:  # libyaml's own words name a character code
             line = _line_of_byte(text, e.position)
-            raise PinsetError([f"{self.source}:{line}: cannot read pinset: it is not UTF-8 text"
-                               f" ({e.reason})"]) from None
+            raise PinsetError([Problem(Location(self.source, line), "cannot read pinset: it is"
+                                       f" not UTF-8 text ({e.reason})")]) from None
         except yaml.MarkedYAMLError as e:
             self.problems.clear()  # rules read before the syntax error are beside the point
             mark = e.problem_mark or e.context_mark
@@ -155,7 +157,7 @@ class _Parser:
             self.problem(node, f"host {rule.host!r} has a second rule; "
                                f"the first is at line {self.first_line[rule.host]}")
             return
-        self.first_line[rule.host] = rule.location.line
+        self.first_line[rule.host] = node.line
         if inherits_mode:
             self.inheriting.append(len(self.rules))
         self.rules.append(rule)

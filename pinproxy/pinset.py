@@ -34,13 +34,17 @@ class Unpinned(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Location:
-    """Where a rule was written, for every message that names it."""
+    """Where a rule or a problem was written, for every message that names it.
+
+    `line` is None for what concerns a file as a whole (it cannot be read, a binary plist);
+    `str()` is then just the path. Every rule has a line.
+    """
 
     path: str
-    line: int
+    line: int | None = None
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}"
+        return self.path if self.line is None else f"{self.path}:{self.line}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ import pytest
 from pinproxy.errors import FormatError
 from pinproxy.formats import export_pinset, import_pins
 from pinproxy.loader import parse_pinset
-from pinproxy.pinset import Mode, Pinset
+from pinproxy.pinset import Location, Mode, Pinset
 from pinproxy.policy import Action, Reason, decide
 from tests import certs
 
@@ -240,6 +240,7 @@ def test_export_leaves_out_what_android_cannot_express_and_says_so() -> None:
                for config in root.iter("domain-config")}
     assert domains == {"internal.example": [X1[7:]], "mixed.example": [X1[7:]]}
     assert [(n.location, n.lossy) for n in exported.notices] == [
-        ("pins.yaml:5", True), ("pins.yaml:7", True), ("pins.yaml:10", True),
-        ("pins.yaml:12", True), ("pins.yaml:12", True)]
+        (Location("pins.yaml", 5), True), (Location("pins.yaml", 7), True),
+        (Location("pins.yaml", 10), True), (Location("pins.yaml", 12), True),
+        (Location("pins.yaml", 12), True)]
     assert "cannot be expressed in Android" in exported.notices[2].message

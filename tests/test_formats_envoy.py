@@ -9,6 +9,7 @@ import yaml
 
 from pinproxy.formats import export_pinset
 from pinproxy.loader import parse_pinset
+from pinproxy.pinset import Location
 from tests import certs
 
 X1 = "C5+lpZ7tcVwmwQIMcRtPbsQtWLABXhQzejna0wHFr8M="
@@ -45,6 +46,9 @@ def test_fragments_per_rule_with_spki_and_whole_certificate_pins() -> None:
         ("pins.yaml:7: warning: report.example is in report mode, which Envoy does not have: not "
          "exported (exporting it would enforce what the pinset only reports)", True),
     ]
+    # the file-wide note has no line, and renders as `path: note: ...`
+    assert [n.location for n in exported.notices] == [
+        Location("pins.yaml"), Location("pins.yaml", 7)]
 
 
 def test_a_pinset_with_nothing_exportable_is_still_valid_yaml() -> None:
@@ -52,4 +56,4 @@ def test_a_pinset_with_nothing_exportable_is_still_valid_yaml() -> None:
                           f"    pins: ['sha256/{X1}']\n", "pins.yaml")
     exported = export_pinset(pinset, "envoy")
     assert yaml.safe_load(exported.text) == {}
-    assert [n.location for n in exported.notices] == ["pins.yaml:4"]
+    assert [n.location for n in exported.notices] == [Location("pins.yaml", 4)]

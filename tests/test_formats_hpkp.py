@@ -15,7 +15,7 @@ from pinproxy.errors import FormatError
 from pinproxy.formats import export_pinset, import_pins
 from pinproxy.formats.hpkp import DEFAULT_MAX_AGE
 from pinproxy.loader import parse_pinset
-from pinproxy.pinset import Mode, Pinset
+from pinproxy.pinset import Location, Mode, Pinset
 
 HEADERS = Path(__file__).parent / "data" / "formats" / "hpkp-headers.txt"
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -128,8 +128,8 @@ def test_export_defaults_report_only_and_what_hpkp_cannot_carry() -> None:
     ]
     assert "# send from every name one label below wild.example (pins.yaml:11)" in exported.text
     assert [(n.location, n.message.split(":")[0]) for n in exported.notices] == [
-        ("pins.yaml:6", "single.example has one pin"),
-        ("pins.yaml:8", "gone.example expired after 2026-02-28"),
-        ("pins.yaml:11", "*.wild.example"),  # the whole-certificate pin is left out
-        ("pins.yaml:11", "*.wild.example has one pin"),
+        (Location("pins.yaml", 6), "single.example has one pin"),
+        (Location("pins.yaml", 8), "gone.example expired after 2026-02-28"),
+        (Location("pins.yaml", 11), "*.wild.example"),  # the whole-certificate pin is left out
+        (Location("pins.yaml", 11), "*.wild.example has one pin"),
     ]

@@ -18,7 +18,7 @@ import pytest
 from pinproxy.formats import export_pinset, import_pins
 from pinproxy.formats.model import FormatError
 from pinproxy.loader import parse_pinset
-from pinproxy.pinset import Mode
+from pinproxy.pinset import Location, Mode
 from pinproxy.policy import Action, Reason, decide
 from tests import certs
 
@@ -130,16 +130,20 @@ def test_export_reports_what_apple_cannot_express() -> None:
         "deep.example": True, "wild.example": True, "dated.example": False,
         "apex.example": False}
     assert [(n.location, n.message) for n in exported.notices] == [
-        ("pins.yaml:3", "deep.example: the pinset pins names at every depth below deep.example, "
-                        "but NSIncludesSubdomains covers only one label: deeper names are not "
-                        "pinned on iOS"),
-        ("pins.yaml:6", "*.wild.example: iOS has no wildcard; exported as wild.example with "
-                        "NSIncludesSubdomains, which also pins wild.example itself"),
-        ("pins.yaml:8", "dated.example expires after 2027-01-31 in the pinset, but iOS pins "
-                        "never expire: the app keeps enforcing them"),
-        ("pins.yaml:13", "*.apex.example: iOS can pin names one label below apex.example only "
-                         "together with apex.example itself, which has its own rule with other "
-                         "pins: not exported"),
+        (Location("pins.yaml", 3),
+         "deep.example: the pinset pins names at every depth below deep.example, "
+         "but NSIncludesSubdomains covers only one label: deeper names are not "
+         "pinned on iOS"),
+        (Location("pins.yaml", 6),
+         "*.wild.example: iOS has no wildcard; exported as wild.example with "
+         "NSIncludesSubdomains, which also pins wild.example itself"),
+        (Location("pins.yaml", 8),
+         "dated.example expires after 2027-01-31 in the pinset, but iOS pins "
+         "never expire: the app keeps enforcing them"),
+        (Location("pins.yaml", 13),
+         "*.apex.example: iOS can pin names one label below apex.example only "
+         "together with apex.example itself, which has its own rule with other "
+         "pins: not exported"),
     ]
     assert all(n.lossy for n in exported.notices)
 

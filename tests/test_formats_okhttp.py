@@ -15,7 +15,7 @@ import pytest
 from pinproxy.formats import export_pinset, import_pins
 from pinproxy.formats.model import FormatError
 from pinproxy.loader import parse_pinset
-from pinproxy.pinset import Pinset
+from pinproxy.pinset import Location, Pinset
 from pinproxy.policy import Action, Reason, decide
 from tests import certs
 
@@ -87,7 +87,7 @@ def test_rejected_pairs_name_their_line(line: str, message: str) -> None:
 def test_a_line_that_mentions_pins_but_is_not_understood_is_reported(line: str) -> None:
     result = import_pins(f'.add("ok.example", "{X1}")\n{line}\n'.encode(), "pins.txt", "okhttp")
     assert summary(result.text) == {("ok.example", frozenset({X1}), False)}
-    assert [(n.location, n.lossy) for n in result.notices] == [("pins.txt:2", True)]
+    assert [(n.location, n.lossy) for n in result.notices] == [(Location("pins.txt", 2), True)]
     assert result.notices[0].message.startswith("line not understood")
 
 

@@ -16,7 +16,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from pinproxy.errors import PinsetError
+from pinproxy.errors import PinsetError, Problem
 from pinproxy.loader import load_pinset, parse_pinset
 from pinproxy.pins import Pin, PinKind, parse_pin
 from pinproxy.pinset import HostRule, Location, Mode, Pinset, Unpinned
@@ -45,17 +45,17 @@ def write(directory: Path, text: str | bytes, name: str = "pins.yaml") -> Path:
 
 
 def problems_of(path: Path) -> list[tuple[int, str]]:
-    """`PinsetError.problems` of a file, as (line, message); each must start with `path:line: `."""
+    """`PinsetError.problems` of a file, as (line, message); each names the file and a line."""
     with pytest.raises(PinsetError) as e:
         load_pinset(path)
     found = []
     for problem in e.value.problems:
-        assert problem.startswith(f"{path}:"), problem
-        line, sep, message = problem.removeprefix(f"{path}:").partition(": ")
-        assert sep and line.isdigit(), problem
-        assert "\n" not in message
-        found.append((int(line), message))
-    assert str(e.value) == "\n".join(e.value.problems)
+        line = problem.location.line
+        assert problem.location.path == str(path) and line is not None, problem
+        assert "\n" not in problem.message
+        assert str(problem) == f"{path}:{line}: {problem.message}"
+        found.append((line, problem.message))
+    assert str(e.value) == "\n".join(str(problem) for problem in e.value.problems)
     return found
 
 
@@ -592,12 +592,14 @@ def test_a_non_utf8_file(tmp_path: Path) -> None:
     with pytest.raises(PinsetError) as e:
         load_pinset(path)
     [problem] = e.value.problems
-    assert problem == (f"{path}:3: cannot read pinset: it is not UTF-8 text (invalid trailing "
-                       "UTF-8 octet)")
+    assert problem == Problem(Location(str(path), 3), "cannot read pinset: it is not UTF-8"
+                                                     " text (invalid trailing UTF-8 octet)")
+    assert str(problem) == (f"{path}:3: cannot read pinset: it is not UTF-8 text (invalid "
+                            "trailing UTF-8 octet)")
     with pytest.raises(PinsetError) as e:  # the same from bytes in memory
         parse_pinset(path.read_bytes(), "p.yaml")
-    assert e.value.problems == (
-        "p.yaml:3: cannot read pinset: it is not UTF-8 text (invalid trailing UTF-8 octet)",)
+    assert str(e.value) == (
+        "p.yaml:3: cannot read pinset: it is not UTF-8 text (invalid trailing UTF-8 octet)")
     # twin: the same file in UTF-8 loads
     path.write_text(f"version: 1\nhosts:\n  - host: caf\xe9.example\n    pins: [{P}]\n",
                     encoding="utf-8")
@@ -608,14 +610,18 @@ def test_a_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nowhere.yaml"
     with pytest.raises(PinsetError) as e:
         load_pinset(path)
-    assert e.value.problems == (f"{path}: cannot read pinset: No such file or directory",)
+    assert e.value.problems == (
+        Problem(Location(str(path)), "cannot read pinset: No such file or directory"),)
+    # a problem without a line renders as `path: message`
+    assert str(e.value) == f"{path}: cannot read pinset: No such file or directory"
 
 
 def test_a_directory(tmp_path: Path) -> None:
     with pytest.raises(PinsetError) as e:
         load_pinset(tmp_path)
     [problem] = e.value.problems
-    assert problem.startswith(f"{tmp_path}: cannot read pinset: ")
+    assert problem.location == Location(str(tmp_path))
+    assert str(problem).startswith(f"{tmp_path}: cannot read pinset: ")
 
 
 # -- many problems at once -----------------------------------------------------------------

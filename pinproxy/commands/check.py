@@ -10,20 +10,18 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import re
 from collections.abc import Sequence
 
 from pinproxy.commands._probe_options import add_probe_options
-from pinproxy.errors import PinproxyError, PinsetError
+from pinproxy.errors import PinproxyError, PinsetError, Problem
 from pinproxy.loader import load_pinset, parse_day
-from pinproxy.pinset import Location, Pinset
+from pinproxy.pinset import Pinset
 from pinproxy.tools.lint import CODES, Finding, Severity, lint
 from pinproxy.tools.live import LIVE_CODES, live_findings
 
 EXIT_OK = 0
 EXIT_WARNINGS = 1  # only with --strict
 EXIT_ERRORS = 2
-_LINE = re.compile(r"([0-9]+): (.*)", re.DOTALL)  # a loader problem after its `path:`
 
 
 def _codes(codes: dict[str, str]) -> str:
@@ -73,7 +71,7 @@ def check(args: argparse.Namespace) -> int:
     except PinsetError as e:
         if args.format == "text":
             raise
-        findings = [_load_error(problem, path) for problem in e.problems]
+        findings = [_load_error(problem) for problem in e.problems]
         return _emit_json(path, findings, _exit_code(findings, args.strict))
     today: dt.date = args.today or dt.datetime.now(dt.UTC).date()
     findings = lint(pinset, today)
@@ -126,13 +124,9 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _load_error(problem: str, path: str) -> Finding:
-    """A loader problem (`path:line: message` or `path: message`) as a `load-error` finding."""
-    rest = problem.removeprefix(f"{path}:")
-    if located := _LINE.fullmatch(rest):
-        return Finding(Severity.ERROR, "load-error", located.group(2),
-                       Location(path, int(located.group(1))))
-    return Finding(Severity.ERROR, "load-error", rest.strip())
+def _load_error(problem: Problem) -> Finding:
+    """A loader problem as a `load-error` finding, at the problem's location."""
+    return Finding(Severity.ERROR, "load-error", problem.message, problem.location)
 
 
 def _emit_json(path: str, findings: Sequence[Finding], code: int) -> int:

@@ -20,7 +20,7 @@ from pinproxy.formats.model import (
     rule_texts,
 )
 from pinproxy.loader import parse_pinset
-from pinproxy.pinset import Pinset
+from pinproxy.pinset import Location, Pinset
 from pinproxy.tools.render import render_pinset
 
 __all__ = [
@@ -77,7 +77,8 @@ def import_pins(data: bytes, source: str, fmt: str | None = None, host: str | No
     entries, merge_notices = merge(parsed.entries, source)
     notices = [*parsed.notices, *merge_notices]
     if not entries:
-        notices.append(Notice(source, f"found no pins to import (read as {IMPORT_FORMATS[fmt]})"))
+        notices.append(Notice(Location(source),
+                              f"found no pins to import (read as {IMPORT_FORMATS[fmt]})"))
     text = render_pinset(rule_texts(entries), header=(
         f"Imported by `pinproxy import` from {source} ({IMPORT_FORMATS[fmt]}).",
         "Review it, then check it with: pinproxy check FILE"))
@@ -124,7 +125,4 @@ def _render(pinset: Pinset, fmt: str, now: datetime) -> Converted:
 
 def _in_file_order(notices: Iterable[Notice]) -> tuple[Notice, ...]:
     """Notices by line (file-wide ones first), as a person reads the file."""
-    def line(notice: Notice) -> int:
-        number = notice.location.rpartition(":")[2]
-        return int(number) if number.isdigit() else 0
-    return tuple(sorted(notices, key=line))
+    return tuple(sorted(notices, key=lambda notice: notice.location.line or 0))

@@ -224,7 +224,7 @@ def _domain(rule: HostRule, exact: set[str], notices: list[Notice]) -> tuple[str
     """The `<domain>` for a rule; Android has no one-label (`*.`) or below-only pattern."""
     if not rule.is_wildcard:
         return rule.host, rule.include_subdomains
-    where = str(rule.location)
+    where = rule.location
     if rule.base in exact:
         notices.append(Notice(where, f"{rule.host}: Android has no pattern for names below "
                                      f"{rule.base} alone, and {rule.base} has its own rule: "

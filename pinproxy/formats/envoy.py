@@ -11,7 +11,7 @@ import json
 
 from pinproxy.formats.model import Converted, Notice, Target, exportable
 from pinproxy.pins import PinKind
-from pinproxy.pinset import HostRule, Pinset
+from pinproxy.pinset import HostRule, Location, Pinset
 
 __all__ = ["TARGET", "render"]
 
@@ -41,8 +41,8 @@ def render(pinset: Pinset) -> Converted:
     if not rules:
         out.append("{}")
     else:
-        notices.append(Notice(pinset.source, "Envoy checks pins against the leaf certificate "
-                                             "only: pins of CA keys will never match there",
+        notices.append(Notice(Location(pinset.source), "Envoy checks pins against the leaf "
+                              "certificate only: pins of CA keys will never match there",
                               lossy=False))
     return Converted("\n".join(out) + "\n", tuple(notices))
 

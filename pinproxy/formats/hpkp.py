@@ -25,7 +25,7 @@ from pinproxy.formats.model import (
     unique,
 )
 from pinproxy.pins import parse_pin
-from pinproxy.pinset import HostRule, Mode, Pinset
+from pinproxy.pinset import HostRule, Location, Mode, Pinset
 from pinproxy.tools.render import PinLine
 
 __all__ = ["DEFAULT_MAX_AGE", "TARGET", "parse", "render"]
@@ -63,7 +63,7 @@ def parse(text: str, source: str, host: str | None, now: datetime) -> Parsed:
     return Parsed(tuple(entries), tuple(notices))
 
 
-def _directives(value: str, where: str) -> list[tuple[str, str | None]]:
+def _directives(value: str, where: Location) -> list[tuple[str, str | None]]:
     found: list[tuple[str, str | None]] = []
     position, value = 0, value.strip()
     while position < len(value):
@@ -81,7 +81,7 @@ def _directives(value: str, where: str) -> list[tuple[str, str | None]]:
     return found
 
 
-def _entry(host: str, mode: Mode, directives: list[tuple[str, str | None]], where: str,
+def _entry(host: str, mode: Mode, directives: list[tuple[str, str | None]], where: Location,
            line: int, now: datetime, notices: list[Notice]) -> Entry | None:
     pins: list[PinLine] = []
     max_age: int | None = None
@@ -141,7 +141,7 @@ def render(pinset: Pinset, now: datetime) -> Converted:
            "end of each rule's",
            f"# expires day, or is {DEFAULT_MAX_AGE} seconds (60 days) for a rule without one."]
     for rule in rules:
-        where = str(rule.location)
+        where = rule.location
         max_age = DEFAULT_MAX_AGE
         if rule.expires is not None:
             end = datetime.combine(rule.expires + timedelta(days=1), time(), UTC)

@@ -29,7 +29,7 @@ from pinproxy.formats.model import (
     unique,
 )
 from pinproxy.pins import parse_pin
-from pinproxy.pinset import HostRule, Pinset
+from pinproxy.pinset import HostRule, Location, Pinset
 from pinproxy.tools.render import PinLine
 
 __all__ = ["TARGET", "parse", "render"]
@@ -93,7 +93,7 @@ def _pinned_domains(plist: Any, source: str) -> dict[str, Any]:
     return domains
 
 
-def _identities(config: dict[str, Any], where: str) -> tuple[PinLine, ...]:
+def _identities(config: dict[str, Any], where: Location) -> tuple[PinLine, ...]:
     pins: list[PinLine] = []
     for key, position in _LISTS.items():
         items = config.get(key, [])
@@ -167,7 +167,7 @@ def _domain(rule: HostRule, by_host: dict[str, HostRule],
 
     `host` and `*.host` with equal pins are exactly one key with NSIncludesSubdomains.
     """
-    where = str(rule.location)
+    where = rule.location
     apex = by_host.get(rule.base) if rule.is_wildcard else rule
     wildcard = by_host.get(f"*.{rule.base}")
     together = apex is not None and wildcard is not None and apex.pins_equal(wildcard)

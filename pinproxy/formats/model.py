@@ -14,7 +14,7 @@ from datetime import date
 from pinproxy.errors import FormatError, PinproxyError
 from pinproxy.hostnames import is_ip_literal, parse_host_pattern
 from pinproxy.pins import Pin, PinKind
-from pinproxy.pinset import HostRule, Mode, Pinset, Unpinned
+from pinproxy.pinset import HostRule, Location, Mode, Pinset, Unpinned
 from pinproxy.tools.render import PinLine, RuleText
 
 __all__ = [
@@ -34,9 +34,10 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Notice:
-    """One `file:line: warning: ...` line. A lossy notice means the output is not faithful."""
+    """One `file:line: warning: ...` line, kept structured until printed. A lossy notice means
+    the output is not faithful; a notice about the whole file has no line."""
 
-    location: str
+    location: Location
     message: str
     lossy: bool = True
 
@@ -93,12 +94,12 @@ class Converted:
         return any(notice.lossy for notice in self.notices)
 
 
-def at(source: str, line: int) -> str:
-    """`source:line`, or just `source` where no line is known (binary plists)."""
-    return f"{source}:{line}" if line else source
+def at(source: str, line: int) -> Location:
+    """`source:line`, or just `source` where no line is known (binary plists: line 0)."""
+    return Location(source, line or None)
 
 
-def host_pattern(text: str, where: str) -> str:
+def host_pattern(text: str, where: Location | str) -> str:
     """A host or `*.host` from an app file, normalised as the loader does; `FormatError` if not."""
     try:
         return parse_host_pattern(text)
@@ -177,7 +178,7 @@ def exportable(pinset: Pinset, target: Target) -> tuple[list[HostRule], list[Not
     rules: list[HostRule] = []
     notices: list[Notice] = []
     for rule in pinset.rules:
-        where = str(rule.location)
+        where = rule.location
         if rule.mode is Mode.REPORT and not target.report_mode:
             notices.append(Notice(where, f"{rule.host} is in report mode, which {target.name} "
                                          "does not have: not exported (exporting it would "
@@ -198,7 +199,7 @@ def exportable(pinset: Pinset, target: Target) -> tuple[list[HostRule], list[Not
                                          "keeps enforcing them"))
         rules.append(replace(rule, pins=pins))
     if pinset.unpinned is Unpinned.BLOCK:
-        notices.append(Notice(pinset.source, f"'unpinned: block' has no {target.name} "
-                                             "equivalent: hosts without a rule are not blocked "
-                                             "there", lossy=False))
+        notices.append(Notice(Location(pinset.source), f"'unpinned: block' has no {target.name} "
+                              "equivalent: hosts without a rule are not blocked there",
+                              lossy=False))
     return rules, notices

@@ -82,7 +82,7 @@ def _keep_strings_and_lines(match: re.Match[str]) -> str:
     return match.group(1) or "\n" * match.group(0).count("\n")
 
 
-def _entry(pattern: str, pins: list[str], where: str, line: int,
+def _entry(pattern: str, pins: list[str], where: Location, line: int,
            notices: list[Notice]) -> Entry | None:
     include = pattern.startswith("**.")
     host = host_pattern(pattern[3:] if include else pattern, where)
@@ -180,7 +180,7 @@ def render(pinset: Pinset) -> Converted:
            '// "*.x" is one label below x; "**.x" is x and every name below it.',
            "val certificatePinner = CertificatePinner.Builder()"]
     for rule, per_name in zip(rules, _also_accepted(rules), strict=True):
-        where = str(rule.location)
+        where = rule.location
         pattern = _pattern(rule)
         if rule.is_wildcard and rule.include_subdomains:
             notices.append(Notice(where, f"{rule.host}: OkHttp has no pattern for every name "
