@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pinproxy.files import write_all
 from pinproxy.pins import CertificatePins, PinKind
 from pinproxy.policy import Decision, Reason
 
@@ -114,7 +115,12 @@ def violation_record(
 
 
 class ReportLog:
-    """Appends one JSON object per line; a line is written whole or not at all."""
+    """Appends one JSON object per line to an O_APPEND file.
+
+    One `os.write` per record is what keeps records from several worker processes whole (each
+    O_APPEND write lands at the end as one piece); `write_all` finishes a record the kernel wrote
+    only in part. A failure raises OSError, which the caller logs and counts.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -124,7 +130,7 @@ class ReportLog:
     def write(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8")
         with self._lock:
-            os.write(self._fd, line)
+            write_all(self._fd, line)
 
     def close(self) -> None:
         with self._lock:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import multiprocessing
 import shlex
-import threading
 from pathlib import Path
 
 import pytest
@@ -240,21 +240,25 @@ def test_report_log_appends_one_json_object_per_line(tmp_path: Path) -> None:
     assert [json.loads(line) for line in path.read_text().splitlines()] == [*records, {"n": 4}]
 
 
-def test_report_log_lines_stay_whole_under_concurrent_writers(tmp_path: Path) -> None:
-    path = tmp_path / "reports.jsonl"
+def _append_records(path: str, n: int, big: dict[str, object]) -> None:
+    """One worker process: its own ReportLog on the shared file, as `--workers` runs it."""
     log = ReportLog(path)
-    big = violation_record(blocked(), 443, certs.pki("rogue").chain, NOW)
-
-    def writer(n: int) -> None:
-        for i in range(50):
-            log.write({**big, "writer": n, "i": i})
-
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    for i in range(50):
+        log.write({**big, "writer": n, "i": i})
     log.close()
+
+
+def test_report_log_lines_stay_whole_across_processes(tmp_path: Path) -> None:
+    path = tmp_path / "reports.jsonl"
+    big = violation_record(blocked(), 443, certs.pki("rogue").chain, NOW)
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_append_records, args=(str(path), n, big))
+               for n in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert [worker.exitcode for worker in workers] == [0] * 4
     parsed = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(parsed) == 200
     assert sorted((p["writer"], p["i"]) for p in parsed) == [(n, i) for n in range(4)

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from pinproxy.errors import PinproxyError
+from pinproxy.files import create_exclusively
 
 __all__ = ["CA_CERT_FILE", "CA_KEY_FILE", "ensure_ca"]
 
@@ -70,7 +71,6 @@ def _write_ca(path: Path) -> None:
 
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Create with its final mode, never widening a key's permissions after the fact."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
+    """Exclusive, not atomic: a CA is only ever created, never replaced (the one in use stays),
+    and the key is created 0600 from the start; a failed write leaves no half-written key."""
+    create_exclusively(path, data, mode)

@@ -1,0 +1,89 @@
+"""One way to write a file: complete writes, modes set at creation, atomic where a file is
+replaced and exclusive where one must not be clobbered.
+
+A private key must never exist, even for a moment, with a wider mode than its final one, so the
+mode is given to `os.open` with O_CREAT|O_EXCL rather than fixed by a later `chmod`. A failed write
+never leaves a partial file behind: the temporary (or freshly created) file is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+
+from pinproxy.errors import PinproxyError
+
+__all__ = ["cannot_write", "create_exclusively", "replace_atomically", "write_all"]
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of `data` to `fd`, finishing after short writes and retrying on EINTR.
+
+    Raises OSError on failure (e.g. ENOSPC); a write that makes no progress is reported as ENOSPC
+    rather than looping forever.
+    """
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except InterruptedError:
+            continue
+        if written <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[written:]
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def create_exclusively(path: str | os.PathLike[str], data: bytes, mode: int) -> None:
+    """Create `path` with `mode` and write `data`; refuse (FileExistsError) if it exists.
+
+    On a failed write the partial file is removed; an existing file is never touched.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
+
+
+def replace_atomically(path: str | os.PathLike[str], data: bytes, mode: int) -> None:
+    """Replace `path` with `data` so that readers see either the old or the new file, whole.
+
+    The temporary file lives in the same directory (so `os.replace` is a rename, not a copy) and is
+    created with the final mode; it is removed on any failure.
+    """
+    target = os.fspath(path)
+    directory = os.path.dirname(target) or "."
+    tmp = os.path.join(directory, f".{os.path.basename(target)}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def cannot_write(path: str | os.PathLike[str], error: OSError) -> PinproxyError:
+    """The one-line user error for a failed write: `cannot write 'x.pem': Permission denied`."""
+    reason = error.strerror or str(error)
+    return PinproxyError(f"cannot write {os.fspath(path)!r}: {reason}")
