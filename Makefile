@@ -2,7 +2,7 @@
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: run test lint bench bench-decision clean
+.PHONY: run test test-unit lint bench bench-decision clean
 
 $(VENV)/.installed: pyproject.toml
 	"$$(scripts/find-python)" -m venv $(VENV)
@@ -15,6 +15,9 @@ run: $(VENV)/.installed  ## start the proxy on the shipped pinset (config/pins.y
 
 test: $(VENV)/.installed  ## run the whole test suite
 	$(PYTHON) -m pytest $(ARGS)
+
+test-unit: $(VENV)/.installed  ## the fast inner loop: every test not marked e2e (no proxy process, no TLS servers)
+	$(PYTHON) -m pytest -m "not e2e" $(ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check pinproxy addons tests bench

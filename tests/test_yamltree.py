@@ -30,6 +30,7 @@ def test_types_and_text_match_pyyaml(style: str) -> None:
     [document] = parse_documents(text)
     assert isinstance(document.root, Mapping)
     expected = yaml.compose(text, Loader=yaml.CSafeLoader)
+    assert expected is not None
     ours = values(document.root)
     assert [(s.tag, s.value, s.line) for s in ours] == [
         (node.tag, node.value, node.start_mark.line + 1) for _, node in expected.value]

@@ -194,7 +194,8 @@ def make_pki(tmp_dir: pathlib.Path) -> Pki:
 # ---------------------------------------------------------------------------
 
 
-def wait_for[T](predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.01) -> T:
+def wait_for[T](predicate: Callable[[], T | None], timeout: float = 5.0,
+                interval: float = 0.01) -> T:
     """Poll ``predicate`` until it returns something truthy; return that value.
 
     Raises ``TimeoutError`` otherwise (servers run in threads, so test
