@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # run as `python bench/decision.py`: make `bench`
 from OpenSSL import crypto
 
 from bench import pinsets, pki
-from pinproxy.loader import load_pinset
+from pinproxy.commands.run import load_without_full_collections as load_pinset  # as the proxy loads
 from pinproxy.pins import CertificatePins, certificate_pins
 from pinproxy.policy import decide
 

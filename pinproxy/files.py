@@ -13,9 +13,7 @@ import errno
 import os
 import secrets
 
-from pinproxy.errors import PinproxyError
-
-__all__ = ["cannot_write", "create_exclusively", "replace_atomically", "write_all"]
+__all__ = ["create_exclusively", "replace_atomically", "write_all"]
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -81,9 +79,3 @@ def replace_atomically(path: str | os.PathLike[str], data: bytes, mode: int) -> 
             os.unlink(tmp)
         raise
     _fsync_dir(directory)
-
-
-def cannot_write(path: str | os.PathLike[str], error: OSError) -> PinproxyError:
-    """The one-line user error for a failed write: `cannot write 'x.pem': Permission denied`."""
-    reason = error.strerror or str(error)
-    return PinproxyError(f"cannot write {os.fspath(path)!r}: {reason}")

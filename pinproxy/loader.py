@@ -9,10 +9,7 @@ events), checks every key and type, and collects all problems before failing, so
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
@@ -28,7 +25,6 @@ from pinproxy.pinset import HostRule, Location, Mode, Pinset, Unpinned
 __all__ = ["load_pinset", "parse_day", "parse_pinset"]
 
 SUPPORTED_VERSIONS = (1,)
-_NO_FULL_COLLECTIONS = 1_000_000_000  # a gen-2 threshold no load reaches
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")  # fromisoformat alone also takes 20271231, 2027-W52
 _TOP_KEYS = {"version", "mode", "unpinned", "hosts"}
 _RULE_KEYS = {"host", "pins", "include_subdomains", "expires", "mode"}
@@ -79,9 +75,8 @@ class _Parser:
         self.problems.append((node if isinstance(node, int) else node.line, message))
 
     def parse(self, text: str | bytes | BinaryIO) -> Pinset:
-        with _no_full_collections():
-            root = self._compose(text)
-            pinset = self._pinset(root) if root is not None else None
+        root = self._compose(text)
+        pinset = self._pinset(root) if root is not None else None
         if self.problems or pinset is None:
             ordered = sorted(self.problems, key=lambda p: p[0])
             raise PinsetError(Problem(Location(self.source, line), message)
@@ -330,24 +325,6 @@ def _line_of_byte(text: str | bytes | BinaryIO, offset: int) -> int:
         text.seek(0)
         text = text.read(offset)
     return text.count(b"\n", 0, offset) + 1
-
-
-@contextmanager
-def _no_full_collections() -> Iterator[None]:
-    """Hold off the cycle collector's full collections while the pinset is built.
-
-    Each would scan every object of the process, the growing pinset included, to find nothing
-    (the loader makes no cycles): about a tenth of a big load's time, with the event loop held
-    when the load runs in the background. Young collections go on, so a proxy reloading in the
-    background still collects its own short-lived garbage.
-    """
-    young, middle, old = gc.get_threshold()
-    gc.set_threshold(young, middle, _NO_FULL_COLLECTIONS)
-    try:
-        yield
-    finally:
-        if gc.get_threshold()[2] == _NO_FULL_COLLECTIONS:  # unless someone set it meanwhile
-            gc.set_threshold(young, middle, old)
 
 
 def _kind(node: Node | None) -> str:

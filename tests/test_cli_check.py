@@ -207,7 +207,9 @@ def test_json_of_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[st
     path = tmp_path / "missing.yaml"
     code, document = main_json(capsys, str(path))
     assert code == 2
-    [finding] = document["findings"]  # type: ignore[misc]
+    findings = document["findings"]
+    assert isinstance(findings, list)
+    [finding] = findings
     assert finding == {"severity": "error", "code": "load-error",
                        "message": "cannot read pinset: No such file or directory",
                        "path": str(path), "line": None, "host": None}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pinproxy.files import cannot_write, create_exclusively, replace_atomically, write_all
+from pinproxy.files import create_exclusively, replace_atomically, write_all
 
 
 def _mode(path: Path) -> int:
@@ -86,8 +86,3 @@ def test_replace_atomically_failure_leaves_old_content_and_no_temp(tmp_path: Pat
         replace_atomically(tmp_path / "dir", b"new", 0o600)  # rename onto a directory fails
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ca.pem", "dir"]
-
-
-def test_cannot_write_is_one_line_naming_the_path(tmp_path: Path) -> None:
-    error = cannot_write("x.pem", PermissionError(13, "Permission denied"))
-    assert str(error) == "cannot write 'x.pem': Permission denied"

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from pinproxy.errors import FormatError
 from pinproxy.formats import export_pinset, import_pins
-from pinproxy.formats.model import FormatError
 from pinproxy.loader import parse_pinset
 from pinproxy.pinset import Location, Mode
 from pinproxy.policy import Action, Reason, decide

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from pinproxy.errors import FormatError
 from pinproxy.formats import export_pinset, import_pins
-from pinproxy.formats.model import FormatError
 from pinproxy.loader import parse_pinset
 from pinproxy.pinset import Location, Pinset
 from pinproxy.policy import Action, Reason, decide

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from cryptography.x509.oid import NameOID
 
 from pinproxy.errors import PinproxyError
+from pinproxy.files import write_all
 from pinproxy.hostnames import is_ip_literal, normalize_host
 from pinproxy.pins import Pin, spki_pin
 
@@ -157,10 +158,8 @@ def _write_new_pair(*files: tuple[Path, bytes, int]) -> None:
 
 
 def _write_all(path: Path, fd: int, data: bytes) -> None:
-    view = memoryview(data)
     try:
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data)
         os.fsync(fd)
     except OSError as e:
         raise PinproxyError(f"cannot write {path}: {e.strerror or e}") from None

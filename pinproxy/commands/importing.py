@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from pinproxy.errors import PinproxyError
+from pinproxy.files import replace_atomically
 from pinproxy.formats import IMPORT_FORMATS, Converted, import_pins
 
 EXIT_LOSSY = 1
@@ -57,7 +58,8 @@ def deliver(result: Converted, output: str | None, allow_lossy: bool) -> int:
         sys.stdout.write(result.text)
     else:
         try:
-            Path(output).write_text(result.text, encoding="utf-8")
+            # swapped in whole: a proxy reloading this pinset never reads half of it
+            replace_atomically(output, result.text.encode(), 0o644)
         except OSError as e:
             raise PinproxyError(f"{output}: cannot write: {e.strerror or e}") from None
     if result.lossy and not allow_lossy:

@@ -16,6 +16,7 @@ from pathlib import Path
 from pinproxy.commands._args import host_port
 from pinproxy.commands._probe_options import add_probe_options, progress
 from pinproxy.errors import PinproxyError
+from pinproxy.files import create_exclusively, replace_atomically
 from pinproxy.hostnames import normalize_host
 from pinproxy.loader import parse_pinset
 from pinproxy.pinset import Mode
@@ -105,9 +106,11 @@ def _header() -> list[str]:
 
 
 def _write(path: Path, text: str, force: bool) -> None:
+    """A new pinset never clobbers unless --force; a replaced one is swapped in whole, so a
+    proxy watching or reloading the file never reads half of it."""
+    write = replace_atomically if force else create_exclusively
     try:
-        with path.open("w" if force else "x", encoding="utf-8") as out:
-            out.write(text)
+        write(path, text.encode(), 0o644)
     except FileExistsError:
         raise PinproxyError(f"{path}: already exists; use --force to overwrite it") from None
     except OSError as e:

@@ -7,6 +7,7 @@ import asyncio
 import gc
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from pinproxy.commands._args import port
 from pinproxy.config import RunConfig
@@ -80,10 +81,10 @@ def _serve(config: RunConfig, worker: str = "") -> int:
     # The process is the proxy's: a pinset loading in a thread must hand the GIL back to the
     # event loop often (the default 5 ms switch interval holds traffic for long stretches).
     sys.setswitchinterval(_SWITCH_INTERVAL)
-    return asyncio.run(serve(config, worker, load=_load_without_full_collections))
+    return asyncio.run(serve(config, worker, load=load_without_full_collections))
 
 
-def _load_without_full_collections(path: str) -> Pinset:
+def load_without_full_collections(path: str | Path) -> Pinset:
     """Load a pinset with the cycle collector's full collections held off.
 
     Each full collection would scan every object of the process, the growing pinset included,

@@ -30,7 +30,7 @@ async def serve(config: RunConfig, worker: str = "",
 
         enable_reuse_port()
     opts = options.Options()
-    addon = Pinning(label=f"worker {worker}" if worker else "")
+    addon = Pinning(label=f"worker {worker}" if worker else "", load=load)
     master = build_master(opts, addon)
     try:
         # Set every option in one update, after all addons are added: each addon's configure

@@ -36,12 +36,13 @@ def validate_pinset(path: str) -> int:
     sys.stderr.flush()
     pid = os.fork()  # single-threaded here: no event loop, no workers yet
     if pid == 0:
-        code = 0
+        code = 70  # whatever goes wrong below, the child never says "good"
         try:
             load_pinset(path)
+            code = 0
         except PinsetError as e:
-            print("\n".join(e.problems), file=sys.stderr)
             code = 2
+            print(e, file=sys.stderr)
         except BaseException as e:  # noqa: BLE001 - a child must never return into the caller
             print(f"pinproxy: could not check the pinset {path}: {e!r}; not starting",
                   file=sys.stderr)
