@@ -59,7 +59,6 @@ class NoTermlog:
     ({"manager": Reordered}, r"Reordered\._iter_hooks now takes \(self, event, addon\)"),
     ({"master_class": NoTermlog}, r"Master\._termlog_addon is gone"),
     ({"instance": NoTermlog}, r"NoTermlog\.listen is gone"),
-    ({"hostflags": None}, r"DEFAULT_HOSTFLAGS is not an int"),
 ])
 def test_a_changed_mitmproxy_fails_loudly(stand_in: dict[str, Any], message: str) -> None:
     with pytest.raises(PinproxyError, match=message) as raised:

@@ -17,9 +17,6 @@ no SO_REUSEPORT) or, worse, with an addon chain pinproxy did not build.
 - `mode_servers.RegularInstance.listen(host, port)`: binds the regular-mode listener with
   `asyncio.start_server(handle_stream, host, port)` and no way to ask for SO_REUSEPORT, which
   `pinproxy run --workers` needs to share one port; it is replaced class-wide in worker processes.
-- `addons.tlsconfig.DEFAULT_HOSTFLAGS`: the OpenSSL host-name check flags mitmproxy sets on each
-  upstream connection (a public name of a module whose API is not documented); the live probe
-  uses the same ones, so `pin` and `check --live` judge a name as the proxy does.
 """
 
 from __future__ import annotations
@@ -30,13 +27,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from mitmproxy import addonmanager, hooks, master, options, version
-from mitmproxy.addons import termlog, tlsconfig
+from mitmproxy.addons import termlog
 from mitmproxy.proxy import mode_servers
 
 from pinproxy.errors import PinproxyError
 
 __all__ = [
-    "HOSTFLAGS",
     "check",
     "detach_addon_manager",
     "enable_reuse_port",
@@ -45,9 +41,6 @@ __all__ = [
 ]
 
 CHECKED_VERSION = "12.3.1"
-
-HOSTFLAGS: int = tlsconfig.DEFAULT_HOSTFLAGS
-
 
 def iter_hooks(manager: addonmanager.AddonManager, addon: Any,
                event: hooks.Hook) -> Iterator[Callable[..., Any]]:
@@ -83,7 +76,7 @@ def enable_reuse_port() -> None:
 
 
 def check(manager: type = addonmanager.AddonManager, master_class: type = master.Master,
-          instance: type = mode_servers.RegularInstance, hostflags: object = HOSTFLAGS) -> None:
+          instance: type = mode_servers.RegularInstance) -> None:
     """Raise `PinproxyError` if a private name above is missing or takes other arguments.
 
     The arguments are mitmproxy's classes by default; tests pass stand-ins.
@@ -94,8 +87,6 @@ def check(manager: type = addonmanager.AddonManager, master_class: type = master
     _require_method(instance, "handle_stream", ["self", "reader", "writer"])
     if "_termlog_addon" not in getattr(master_class, "__annotations__", {}):
         raise _unsupported("Master._termlog_addon is gone")
-    if not isinstance(hostflags, int) or isinstance(hostflags, bool):
-        raise _unsupported("tlsconfig.DEFAULT_HOSTFLAGS is not an int")
 
 
 def _require_method(owner: type, name: str, parameters: list[str]) -> None:

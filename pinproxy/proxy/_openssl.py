@@ -7,8 +7,11 @@ so these go through its private cffi bindings `SSL._lib` / `SSL._ffi` and a conn
 OpenSSL 4.0). `check()` (run by `build_master`, and before the live probe names a host) raises
 a `PinproxyError` naming what is missing, instead of a probe or a refusal failing obscurely.
 
-`HOSTFLAGS` are mitmproxy's host-name check flags (no partial wildcards, never the subject CN):
-`expect_name` sets them so that `pin` and `check --live` accept exactly the names the proxy does.
+`HOSTFLAGS` are the host-name check flags mitmproxy's `tlsconfig` sets upstream (no partial
+wildcards, never the subject CN), spelled here as it spells them rather than imported: importing
+mitmproxy would make every `pin` and `check --live` start several times slower. `expect_name`
+sets them, so the probe accepts exactly the names the proxy does; tests/test_probe.py checks
+the two stay equal.
 """
 
 from __future__ import annotations
@@ -20,18 +23,20 @@ from OpenSSL import SSL, crypto
 
 from pinproxy.errors import PinproxyError
 from pinproxy.pins import CertificatePins, certificate_pins
-from pinproxy.proxy._mitmproxy_private import HOSTFLAGS
 
 __all__ = ["HOSTFLAGS", "check", "expect_name", "verify_error_text", "x509_pins"]
 
 CHECKED_VERSION = "26.4.0"
 
 _FUNCTIONS = ("X509_verify_cert_error_string", "SSL_get0_param", "X509_VERIFY_PARAM_set1_host",
-              "X509_VERIFY_PARAM_set1_ip", "X509_VERIFY_PARAM_set_hostflags")
+              "X509_VERIFY_PARAM_set1_ip", "X509_VERIFY_PARAM_set_hostflags",
+              "X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS")
 
 _ffi: Any = getattr(SSL, "_ffi", None)
 _lib: Any = getattr(SSL, "_lib", None)
 _supported = False  # set once `check` passed on the real module
+HOSTFLAGS: int = (getattr(_lib, "X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS", 0)
+                  | getattr(_lib, "X509_CHECK_FLAG_NEVER_CHECK_SUBJECT", 0))
 
 
 def check(ssl: Any = SSL) -> None:
