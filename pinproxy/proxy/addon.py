@@ -27,6 +27,7 @@ from mitmproxy.proxy import commands, events, layer, layers
 from mitmproxy.proxy.mode_specs import ProxyMode, RegularMode
 from OpenSSL import SSL, crypto
 
+from pinproxy.config import DEFAULT_PINSET
 from pinproxy.errors import PinproxyError
 from pinproxy.loader import load_pinset
 from pinproxy.pins import CertificatePins
@@ -50,7 +51,6 @@ __all__ = ["Pinning"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PINSET = "config/pins.yaml"
 # Options under which the verify callback would not run, or would not mean what it says.
 _BYPASSES = {
     "ssl_insecure": "it turns off chain verification, so any certificate could claim a pinned key",
