@@ -1,15 +1,16 @@
-"""Shared fixtures: one test PKI, one proxy CA directory, and upstream servers made per test."""
+"""Shared fixtures: the test PKI (tests/certs.py), one proxy CA, upstream servers made per test."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 import trustme
 
-from tests import upstream
+from tests import certs, upstream
 
 # Names the test certificates are valid for. They do not resolve: clients reach them through
 # the proxy with --connect-to / SNI (see tests/proxy.py), so no /etc/hosts is needed.
@@ -30,20 +31,20 @@ NAMES = (
 
 
 @pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> upstream.Pki:
-    return upstream.make_pki(tmp_path_factory.mktemp("pki"))
+def pki(tmp_path_factory: pytest.TempPathFactory) -> certs.TrustedPki:
+    return certs.trusted_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="session")
-def good_leaf(pki: upstream.Pki) -> trustme.LeafCert:
+def good_leaf(pki: certs.TrustedPki) -> trustme.LeafCert:
     """The genuine server certificate: root -> intermediate -> leaf, for every test name."""
-    return pki.issue(pki.good_intermediate, *NAMES)
+    return pki.issue(pki.intermediate, *NAMES)
 
 
 @pytest.fixture(scope="session")
-def rogue_leaf(pki: upstream.Pki) -> trustme.LeafCert:
+def rogue_leaf(pki: certs.TrustedPki) -> trustme.LeafCert:
     """A mis-issued certificate for the same names from the other, also trusted, root."""
-    return pki.issue(pki.rogue_ca, *NAMES)
+    return pki.issue(pki.rogue_root, *NAMES)
 
 
 @pytest.fixture(scope="session")
@@ -52,16 +53,22 @@ def confdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("mitmproxy-confdir")
 
 
-Serve = Callable[..., upstream.UpstreamServer]
+class Serve(Protocol):
+    """The `serve` fixture: start an upstream TLS server that stops when the test ends."""
+
+    def __call__(self, cert: trustme.LeafCert | upstream.ServerChain,
+                 protocol: upstream.UpstreamProtocol = "http1",
+                 host: str = "127.0.0.1") -> upstream.UpstreamServer: ...
 
 
 @pytest.fixture
 def serve() -> Iterator[Serve]:
     """Start an upstream TLS server for this test: serve(cert, protocol="http1", host=...)."""
     with contextlib.ExitStack() as stack:
-        def start(cert: trustme.LeafCert | upstream.ServerChain, protocol: str = "http1",
+        def start(cert: trustme.LeafCert | upstream.ServerChain,
+                  protocol: upstream.UpstreamProtocol = "http1",
                   host: str = "127.0.0.1") -> upstream.UpstreamServer:
-            server = upstream.UpstreamServer(cert, protocol, host=host)  # type: ignore[arg-type]
+            server = upstream.UpstreamServer(cert, protocol, host=host)
             server.start()
             stack.callback(server.stop)
             return server

@@ -17,7 +17,6 @@ from pinproxy.cli import main
 from tests import certs
 from tests.conftest import Serve
 from tests.proxy import REPO, run_pinproxy
-from tests.upstream import Pki
 
 ROOT, INTER, LEAF = (str(cert.spki) for cert in certs.pki("check").chain)
 OTHER_ROOT = str(certs.pki("check-other").chain[-1].spki)
@@ -218,7 +217,7 @@ def test_json_of_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[st
 # -- --live --------------------------------------------------------------------------------
 
 def test_check_live_reports_a_pin_the_live_chain_does_not_have(
-        tmp_path: Path, pki: Pki, serve: Serve, good_leaf: trustme.LeafCert) -> None:
+        tmp_path: Path, pki: certs.TrustedPki, serve: Serve, good_leaf: trustme.LeafCert) -> None:
     """Two exact rules served by one loopback server: one pinned to the chain's root, one to
     keys the chain does not have. Only the second is an error."""
     server = serve(good_leaf)

@@ -17,9 +17,9 @@ import pytest
 import trustme
 import yaml
 
+from tests.certs import TrustedPki
 from tests.conftest import Serve
 from tests.proxy import REPO, curl, pinproxy_command, run_pinproxy, start_pinproxy
-from tests.upstream import Pki
 
 DATA = Path(__file__).parent / "data" / "formats"
 NSC = DATA / "network_security_config.xml"
@@ -152,7 +152,7 @@ def test_bad_input_is_one_line_and_exit_2(files: Path, args: tuple[str, ...], li
 
 @pytest.mark.e2e
 def test_imported_android_pins_are_enforced_by_the_proxy(
-        tmp_path: Path, pki: Pki, confdir: Path, serve: Serve,
+        tmp_path: Path, pki: TrustedPki, confdir: Path, serve: Serve,
         good_leaf: trustme.LeafCert, rogue_leaf: trustme.LeafCert) -> None:
     """The imported pinset is not just valid YAML: the real proxy enforces what Android would."""
     root = pki.root_pin.removeprefix("sha256/")

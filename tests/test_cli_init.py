@@ -16,14 +16,14 @@ from cryptography import x509
 from pinproxy.cli import main
 from pinproxy.loader import load_pinset, parse_pinset
 from pinproxy.pinset import Mode
-from tests import upstream
+from tests import certs, upstream
 from tests.conftest import Serve
 from tests.proxy import run_pinproxy
 
 HOSTS = ("leaf.pinned.test", "inter.pinned.test")
 
 
-def routes(pki: upstream.Pki, *pairs: tuple[str, int], ca: Path | None = None) -> list[str]:
+def routes(pki: certs.TrustedPki, *pairs: tuple[str, int], ca: Path | None = None) -> list[str]:
     args = ["--upstream-ca", str(ca or pki.ca_bundle)]
     for name, port in pairs:
         args += ["--connect-to", f"{name}:443:127.0.0.1:{port}"]
@@ -36,7 +36,7 @@ def genuine(serve: Serve, good_leaf: trustme.LeafCert) -> upstream.UpstreamServe
 
 
 def test_init_round_trip_through_the_loader_and_check(
-        tmp_path: Path, pki: upstream.Pki, genuine: upstream.UpstreamServer,
+        tmp_path: Path, pki: certs.TrustedPki, genuine: upstream.UpstreamServer,
         good_leaf: trustme.LeafCert) -> None:
     out = tmp_path / "pins.yaml"
     done = run_pinproxy("init", *HOSTS, "-o", str(out),
@@ -46,7 +46,7 @@ def test_init_round_trip_through_the_loader_and_check(
     assert done.stderr == (f"pinproxy: wrote {out}: 2 host rules, mode report; add a backup pin "
                            "to each rule, then run 'pinproxy check'\n")
     pinset = load_pinset(out)
-    expected = frozenset({upstream.leaf_pin(good_leaf), pki.intermediate_pin})
+    expected = frozenset({certs.leaf_pin(good_leaf), pki.intermediate_pin})
     assert [(r.host, frozenset(map(str, r.pins))) for r in pinset.rules] == [
         (host, expected) for host in HOSTS]
     assert pinset.mode is Mode.REPORT  # until backups are added
@@ -67,7 +67,7 @@ def good_leaf_subject(leaf: trustme.LeafCert) -> str:
     return x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()).subject.rfc4514_string()
 
 
-def test_init_without_output_prints_the_pinset(pki: upstream.Pki,
+def test_init_without_output_prints_the_pinset(pki: certs.TrustedPki,
                                                genuine: upstream.UpstreamServer) -> None:
     done = run_pinproxy("init", "leaf.pinned.test", "--mode", "enforce",
                         *routes(pki, ("leaf.pinned.test", genuine.port)))
@@ -77,7 +77,7 @@ def test_init_without_output_prints_the_pinset(pki: upstream.Pki,
     assert pinset.mode is Mode.ENFORCE and [r.host for r in pinset.rules] == ["leaf.pinned.test"]
 
 
-def test_a_port_other_than_443_is_noted(pki: upstream.Pki,
+def test_a_port_other_than_443_is_noted(pki: certs.TrustedPki,
                                         genuine: upstream.UpstreamServer) -> None:
     done = run_pinproxy("init", f"127.0.0.1:{genuine.port}", "--upstream-ca", str(pki.ca_bundle))
     assert done.returncode == 0, done.stderr
@@ -86,7 +86,7 @@ def test_a_port_other_than_443_is_noted(pki: upstream.Pki,
     assert [r.host for r in parse_pinset(done.stdout).rules] == ["127.0.0.1"]
 
 
-def test_init_refuses_to_overwrite_unless_forced(tmp_path: Path, pki: upstream.Pki,
+def test_init_refuses_to_overwrite_unless_forced(tmp_path: Path, pki: certs.TrustedPki,
                                                  genuine: upstream.UpstreamServer) -> None:
     out = tmp_path / "pins.yaml"
     out.write_text("keep me\n")
@@ -103,13 +103,13 @@ def test_init_refuses_to_overwrite_unless_forced(tmp_path: Path, pki: upstream.P
 
 
 def test_nothing_is_written_when_a_chain_does_not_verify(
-        tmp_path: Path, pki: upstream.Pki, serve: Serve, genuine: upstream.UpstreamServer,
+        tmp_path: Path, pki: certs.TrustedPki, serve: Serve, genuine: upstream.UpstreamServer,
         rogue_leaf: trustme.LeafCert) -> None:
     untrusted = serve(rogue_leaf)
     out = tmp_path / "pins.yaml"
     done = run_pinproxy("init", "leaf.pinned.test", "root.pinned.test", "-o", str(out),
                         *routes(pki, ("leaf.pinned.test", genuine.port),
-                                ("root.pinned.test", untrusted.port), ca=pki.good_ca_file))
+                                ("root.pinned.test", untrusted.port), ca=pki.root_file))
     assert done.returncode == 1
     lines = done.stderr.splitlines()
     assert lines[0].startswith(f"pinproxy: root.pinned.test:443 (via 127.0.0.1:{untrusted.port})"
@@ -120,7 +120,7 @@ def test_nothing_is_written_when_a_chain_does_not_verify(
 
 
 def test_nothing_is_written_when_a_host_is_unreachable(
-        tmp_path: Path, pki: upstream.Pki, genuine: upstream.UpstreamServer) -> None:
+        tmp_path: Path, pki: certs.TrustedPki, genuine: upstream.UpstreamServer) -> None:
     with socket.create_server(("127.0.0.1", 0)) as listener:
         closed = listener.getsockname()[1]
     out = tmp_path / "pins.yaml"

@@ -1,6 +1,6 @@
 """End to end: `pinproxy pin TARGET...` as a user runs it, on real files and real TLS servers.
 
-Expected pins come from `tests/upstream.py` and `cryptography` directly, never from pinproxy.
+Expected pins come from `tests/certs.py` and `cryptography` directly, never from pinproxy.
 The test names do not resolve: `--connect-to NAME:443:127.0.0.1:PORT` reaches the loopback
 server while SNI and verification keep the name.
 """
@@ -32,7 +32,7 @@ from cryptography.x509.oid import NameOID
 
 from pinproxy.cli import main
 from pinproxy.loader import parse_pinset
-from tests import upstream
+from tests import certs, upstream
 from tests.conftest import Serve
 from tests.proxy import pinproxy_command, run_pinproxy
 
@@ -44,7 +44,7 @@ def key_pin(key: PublicKeyTypes) -> str:
     return "sha256/" + base64.b64encode(hashlib.sha256(der).digest()).decode()
 
 
-def live(pki: upstream.Pki, *servers: tuple[str, upstream.UpstreamServer | int],
+def live(pki: certs.TrustedPki, *servers: tuple[str, upstream.UpstreamServer | int],
          ca: Path | None = None) -> list[str]:
     """--upstream-ca and one --connect-to per (name, server or port)."""
     args = ["--upstream-ca", str(ca or pki.ca_bundle)]
@@ -71,17 +71,17 @@ def closed_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory, pki: upstream.Pki,
+def bundle(tmp_path_factory: pytest.TempPathFactory, pki: certs.TrustedPki,
            good_leaf: trustme.LeafCert) -> Path:
     path = tmp_path_factory.mktemp("files") / "bundle.pem"
     path.write_bytes(b"".join(p.bytes() for p in good_leaf.cert_chain_pems)
-                     + pki.good_ca.cert_pem.bytes())
+                     + pki.root.cert_pem.bytes())
     return path
 
 
 # -- files ---------------------------------------------------------------------------------------
 
-def test_every_input_kind_in_one_run(tmp_path: Path, bundle: Path, pki: upstream.Pki,
+def test_every_input_kind_in_one_run(tmp_path: Path, bundle: Path, pki: certs.TrustedPki,
                                      good_leaf: trustme.LeafCert) -> None:
     leaf_pem = good_leaf.cert_chain_pems[0].bytes()
     leaf_cert = x509.load_pem_x509_certificate(leaf_pem)
@@ -110,7 +110,7 @@ def test_every_input_kind_in_one_run(tmp_path: Path, bundle: Path, pki: upstream
     sections = done.stdout.split("\n\n")
     assert [s.splitlines()[0] for s in sections] == [
         f"# {bundle}", *(f"# {tmp_path / name}" for name in files)]
-    leaf = upstream.leaf_pin(good_leaf)
+    leaf = certs.leaf_pin(good_leaf)
     expected = {
         "bundle.pem": [leaf, pki.intermediate_pin, pki.root_pin],
         "leaf.der": [leaf],
@@ -146,11 +146,11 @@ def test_bad_inputs_are_one_line_each(tmp_path: Path, bundle: Path) -> None:
 # -- live hosts: text ----------------------------------------------------------------------------
 
 def test_live_host_shows_the_served_and_the_verified_chain(
-        pki: upstream.Pki, serve: Serve, good_leaf: trustme.LeafCert) -> None:
+        pki: certs.TrustedPki, serve: Serve, good_leaf: trustme.LeafCert) -> None:
     server = serve(good_leaf)
     done = run_pinproxy("pin", NAME, *live(pki, (NAME, server)))
     assert done.returncode == 0, done.stderr
-    leaf = upstream.leaf_pin(good_leaf)
+    leaf = certs.leaf_pin(good_leaf)
     out = done.stdout.splitlines()
     assert out[0] == f"# {NAME}:443 (via 127.0.0.1:{server.port})"
     assert out[1] == "# served chain: as the server sent it, 0 = leaf"
@@ -164,7 +164,7 @@ def test_live_host_shows_the_served_and_the_verified_chain(
     assert done.stderr == ""  # no progress line: stderr is not a terminal
 
 
-def test_decoy_certificate_is_marked(pki: upstream.Pki, serve: Serve) -> None:
+def test_decoy_certificate_is_marked(pki: certs.TrustedPki, serve: Serve) -> None:
     """CVE-2016-2402: the genuine intermediate appended to a rogue chain is no part of it."""
     server = serve(pki.attack_chain(NAME))
     done = run_pinproxy("pin", NAME, *live(pki, (NAME, server)))
@@ -179,22 +179,22 @@ def test_decoy_certificate_is_marked(pki: upstream.Pki, serve: Serve) -> None:
 
 
 def test_chain_that_does_not_verify_shows_what_was_sent_and_exits_1(
-        pki: upstream.Pki, serve: Serve, rogue_leaf: trustme.LeafCert) -> None:
+        pki: certs.TrustedPki, serve: Serve, rogue_leaf: trustme.LeafCert) -> None:
     server = serve(rogue_leaf)
-    done = run_pinproxy("pin", NAME, *live(pki, (NAME, server), ca=pki.good_ca_file))
+    done = run_pinproxy("pin", NAME, *live(pki, (NAME, server), ca=pki.root_file))
     assert done.returncode == 1
     [line] = done.stderr.splitlines()
     assert line.startswith(f"pinproxy: {NAME}:443: the chain does not verify (certificate at "
                            "depth 0: unable to get local issuer certificate")
     assert line.endswith("); showing the certificates the server sent")
-    assert lines_of(done.stdout)[0].split("  ")[:2] == ["0", upstream.leaf_pin(rogue_leaf)]
+    assert lines_of(done.stdout)[0].split("  ")[:2] == ["0", certs.leaf_pin(rogue_leaf)]
     assert "# verified chain: none, the chain does not verify" in done.stdout
-    trusted = run_pinproxy("pin", NAME, *live(pki, (NAME, server), ca=pki.rogue_ca_file))
+    trusted = run_pinproxy("pin", NAME, *live(pki, (NAME, server), ca=pki.rogue_file))
     assert trusted.returncode == 0  # twin: trusting its root
 
 
 def test_unreachable_host_exits_2_and_the_other_targets_are_still_shown(
-        pki: upstream.Pki, serve: Serve, good_leaf: trustme.LeafCert, bundle: Path,
+        pki: certs.TrustedPki, serve: Serve, good_leaf: trustme.LeafCert, bundle: Path,
         closed_port: int) -> None:
     server = serve(good_leaf)
     done = run_pinproxy("pin", "dead.pinned.test", NAME, str(bundle),
@@ -226,7 +226,7 @@ def test_bad_options_are_usage_errors(args: list[str], complaint: str,
     assert complaint in stderr
 
 
-def test_progress_lines_only_on_a_terminal(pki: upstream.Pki, serve: Serve,
+def test_progress_lines_only_on_a_terminal(pki: certs.TrustedPki, serve: Serve,
                                            good_leaf: trustme.LeafCert) -> None:
     server = serve(good_leaf)
     args = ["pin", NAME, *live(pki, (NAME, server))]
@@ -257,13 +257,13 @@ def test_progress_lines_only_on_a_terminal(pki: upstream.Pki, serve: Serve,
 # -- --format yaml -------------------------------------------------------------------------------
 
 def test_yaml_is_a_ready_rule_for_a_host_and_a_placeholder_rule_for_a_file(
-        pki: upstream.Pki, serve: Serve, good_leaf: trustme.LeafCert, bundle: Path) -> None:
+        pki: certs.TrustedPki, serve: Serve, good_leaf: trustme.LeafCert, bundle: Path) -> None:
     server = serve(good_leaf)
     done = run_pinproxy("pin", "--format", "yaml", NAME, str(bundle), *live(pki, (NAME, server)))
     assert done.returncode == 0, done.stderr
     pinset = parse_pinset("version: 1\n" + done.stdout)
     rules = {rule.host: {str(pin) for pin in rule.pins} for rule in pinset.rules}
-    leaf = upstream.leaf_pin(good_leaf)
+    leaf = certs.leaf_pin(good_leaf)
     assert rules == {
         NAME: {leaf, pki.intermediate_pin},  # not the root: it would accept all its CA issues
         "replace-me.example": {leaf, pki.intermediate_pin, pki.root_pin},
@@ -277,16 +277,16 @@ def test_yaml_is_a_ready_rule_for_a_host_and_a_placeholder_rule_for_a_file(
 
 
 def test_yaml_suggests_no_rule_for_a_chain_that_does_not_verify(
-        pki: upstream.Pki, serve: Serve, rogue_leaf: trustme.LeafCert) -> None:
+        pki: certs.TrustedPki, serve: Serve, rogue_leaf: trustme.LeafCert) -> None:
     server = serve(rogue_leaf)
     done = run_pinproxy("pin", "--format", "yaml", NAME,
-                        *live(pki, (NAME, server), ca=pki.good_ca_file))
+                        *live(pki, (NAME, server), ca=pki.root_file))
     assert done.returncode == 1
     assert done.stdout.startswith("hosts: []\n")
     assert f"# {NAME}:443: no rule: the chain does not verify" in done.stdout
     assert parse_pinset("version: 1\n" + done.stdout).rules == ()
     as_json = run_pinproxy("pin", "--format", "json", NAME,
-                           *live(pki, (NAME, server), ca=pki.good_ca_file))
+                           *live(pki, (NAME, server), ca=pki.root_file))
     assert as_json.returncode == 1
     records = json.loads(as_json.stdout)
     assert [(r["chain"], r["label"], r["in_verified_path"]) for r in records] == [
@@ -294,9 +294,9 @@ def test_yaml_suggests_no_rule_for_a_chain_that_does_not_verify(
 
 
 def test_a_hostile_subject_cannot_add_a_rule_or_drive_the_terminal(
-        pki: upstream.Pki, serve: Serve) -> None:
+        pki: certs.TrustedPki, serve: Serve) -> None:
     evil = '\n  - host: "evil.example"\n    pins: ["sha256/x"]\x1b[2J'
-    server = serve(pki.good_intermediate.issue_cert(NAME, common_name=f"x{evil}"))
+    server = serve(pki.intermediate.issue_cert(NAME, common_name=f"x{evil}"))
     done = run_pinproxy("pin", "--format", "yaml", NAME, *live(pki, (NAME, server)))
     assert done.returncode == 0, done.stderr
     assert [rule.host for rule in parse_pinset("version: 1\n" + done.stdout).rules] == [NAME]
@@ -308,7 +308,7 @@ def test_a_hostile_subject_cannot_add_a_rule_or_drive_the_terminal(
 # -- --format json -------------------------------------------------------------------------------
 
 def test_json_records_every_certificate_with_its_place(
-        tmp_path: Path, pki: upstream.Pki, serve: Serve, good_leaf: trustme.LeafCert) -> None:
+        tmp_path: Path, pki: certs.TrustedPki, serve: Serve, good_leaf: trustme.LeafCert) -> None:
     attack = serve(pki.attack_chain(NAME))
     genuine = serve(good_leaf)
     key = tmp_path / "next.pub"

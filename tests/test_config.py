@@ -11,9 +11,10 @@ import trustme
 
 from pinproxy.config import RunConfig
 from pinproxy.errors import PinproxyError
+from tests.certs import TrustedPki
 from tests.conftest import Serve
 from tests.proxy import curl, start_pinproxy
-from tests.upstream import Pki, wait_for
+from tests.upstream import wait_for
 
 
 def every_setting_changed() -> RunConfig:
@@ -57,7 +58,7 @@ def test_anything_but_a_written_configuration_is_refused(text: str, message: str
 
 @pytest.mark.e2e
 def test_every_worker_runs_with_the_supervisors_settings(
-        tmp_path: Path, confdir: Path, pki: Pki, serve: Serve,
+        tmp_path: Path, confdir: Path, pki: TrustedPki, serve: Serve,
         good_leaf: trustme.LeafCert, rogue_leaf: trustme.LeafCert) -> None:
     pinset = tmp_path / "pins.yaml"
     pinset.write_text(f'version: 1\nhosts:\n  - host: root.pinned.test\n'

@@ -14,6 +14,7 @@ import httpx
 import pytest
 import trustme
 
+from tests.certs import TrustedPki, cert_pin, leaf_pin
 from tests.conftest import Serve
 from tests.proxy import (
     Proxy,
@@ -27,7 +28,7 @@ from tests.proxy import (
     tunnel,
     websocket_exchange,
 )
-from tests.upstream import Pki, PlainServer, UpstreamServer, cert_pin, leaf_pin, wait_for
+from tests.upstream import PlainServer, UpstreamServer, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +36,7 @@ PLACEHOLDER = "sha256/47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="  # sha256(""
 
 
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory, pki: Pki, good_leaf: trustme.LeafCert,
+def proxy(tmp_path_factory: pytest.TempPathFactory, pki: TrustedPki, good_leaf: trustme.LeafCert,
           confdir: Path) -> Iterator[Proxy]:
     folder = tmp_path_factory.mktemp("enforce")
     pinset = folder / "pins.yaml"
@@ -118,7 +119,7 @@ def test_mis_issued_chain_is_refused_before_any_byte(proxy: Proxy, serve: Serve,
 
 @pytest.mark.parametrize("name", ["inter.pinned.test", "root.pinned.test"])
 def test_genuine_intermediate_appended_to_rogue_chain_is_refused(
-        proxy: Proxy, serve: Serve, pki: Pki, name: str) -> None:
+        proxy: Proxy, serve: Serve, pki: TrustedPki, name: str) -> None:
     """CVE-2016-2402: the pinned intermediate is sent, but it is not in the verified path."""
     server = serve(pki.attack_chain(name))
     result = curl(proxy, name, server.port)
@@ -127,15 +128,15 @@ def test_genuine_intermediate_appended_to_rogue_chain_is_refused(
 
 
 def test_whole_certificate_pin_refuses_a_reissued_certificate(
-        proxy: Proxy, serve: Serve, pki: Pki) -> None:
-    reissued = pki.issue(pki.good_intermediate, "cert.pinned.test")
+        proxy: Proxy, serve: Serve, pki: TrustedPki) -> None:
+    reissued = pki.issue(pki.intermediate, "cert.pinned.test")
     server = serve(reissued)
     assert curl(proxy, "cert.pinned.test", server.port).status == 502
     assert_untouched(server)
 
 
 def test_report_mode_lets_the_violation_through_and_reports_it(
-        proxy: Proxy, serve: Serve, rogue_leaf: trustme.LeafCert, pki: Pki) -> None:
+        proxy: Proxy, serve: Serve, rogue_leaf: trustme.LeafCert, pki: TrustedPki) -> None:
     server = serve(rogue_leaf)
     result = curl(proxy, "report.pinned.test", server.port, "/reported")
     assert result.status == 200
@@ -186,9 +187,9 @@ def test_unpinned_host_passes_with_normal_ca_checks(proxy: Proxy, serve: Serve,
     assert_untouched(untrusted)
 
 
-def test_hostname_verification_stays_on(proxy: Proxy, serve: Serve, pki: Pki) -> None:
+def test_hostname_verification_stays_on(proxy: Proxy, serve: Serve, pki: TrustedPki) -> None:
     """A certificate with a pinned key but for another name is refused by the CA checks."""
-    server = serve(pki.issue(pki.good_intermediate, "elsewhere.test"))
+    server = serve(pki.issue(pki.intermediate, "elsewhere.test"))
     result = curl(proxy, "root.pinned.test", server.port)
     assert result.status == 502 and "hostname mismatch" in result.body
     assert_untouched(server)

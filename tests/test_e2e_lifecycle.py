@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from tests.certs import TrustedPki
 from tests.conftest import Serve
 from tests.proxy import (
     REPO,
@@ -28,7 +29,7 @@ from tests.proxy import (
     start_pinproxy,
     tls_tunnel,
 )
-from tests.upstream import Pki, wait_for
+from tests.upstream import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -51,7 +52,7 @@ def assert_untouched(server: object) -> None:
 # -- unpinned: block ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def blocking_proxy(tmp_path_factory: pytest.TempPathFactory, pki: Pki,
+def blocking_proxy(tmp_path_factory: pytest.TempPathFactory, pki: TrustedPki,
                    confdir: Path) -> Iterator[Proxy]:
     pinset = tmp_path_factory.mktemp("block") / "pins.yaml"
     pinset.write_text(pinset_text(pki.root_pin, unpinned="block"))
@@ -71,7 +72,7 @@ def test_unpinned_block_lets_only_pinned_hosts_through(blocking_proxy: Proxy, se
 
 # -- mitmdump -s addons/pinning.py ---------------------------------------------------------------
 
-def test_mitmdump_script_enforces_the_same_pins(tmp_path: Path, pki: Pki, confdir: Path,
+def test_mitmdump_script_enforces_the_same_pins(tmp_path: Path, pki: TrustedPki, confdir: Path,
                                                 serve: Serve, good_leaf: trustme.LeafCert,
                                                 rogue_leaf: trustme.LeafCert) -> None:
     pinset = tmp_path / "pins.yaml"
@@ -106,7 +107,7 @@ def test_mitmdump_script_enforces_the_same_pins(tmp_path: Path, pki: Pki, confdi
     (["pinset=PINSET", "pinset=PINSET"], "pinproxy is not active"),
 ])
 def test_mitmdump_refuses_to_start_unpinned(options: list[str], message: str, confdir: Path,
-                                            tmp_path: Path, pki: Pki) -> None:
+                                            tmp_path: Path, pki: TrustedPki) -> None:
     pinset = tmp_path / "pins.yaml"
     pinset.write_text(pinset_text(pki.root_pin))
     sets = [arg for option in options
@@ -122,7 +123,7 @@ def test_mitmdump_refuses_to_start_unpinned(options: list[str], message: str, co
     assert "pinproxy listening" not in output
 
 
-def test_mitmdump_stops_when_a_script_reload_fails(tmp_path: Path, pki: Pki, confdir: Path,
+def test_mitmdump_stops_when_a_script_reload_fails(tmp_path: Path, pki: TrustedPki, confdir: Path,
                                                    serve: Serve,
                                                    rogue_leaf: trustme.LeafCert) -> None:
     """mitmdump unloads a script that fails to reload and serves on; pinproxy stops it."""
@@ -182,7 +183,7 @@ def test_run_refuses_a_bad_pinset_with_every_problem(tmp_path: Path, confdir: Pa
     ]
 
 
-def test_run_reports_a_port_in_use(confdir: Path, pki: Pki, tmp_path: Path) -> None:
+def test_run_reports_a_port_in_use(confdir: Path, pki: TrustedPki, tmp_path: Path) -> None:
     pinset = tmp_path / "pins.yaml"
     pinset.write_text(pinset_text(pki.root_pin))
     with socket.create_server(("127.0.0.1", 0)) as taken:
@@ -195,7 +196,7 @@ def test_run_reports_a_port_in_use(confdir: Path, pki: Pki, tmp_path: Path) -> N
 
 
 def test_sighup_reloads_and_a_bad_file_keeps_the_old_pinset(
-        tmp_path: Path, confdir: Path, pki: Pki, serve: Serve,
+        tmp_path: Path, confdir: Path, pki: TrustedPki, serve: Serve,
         good_leaf: trustme.LeafCert, rogue_leaf: trustme.LeafCert) -> None:
     pinset = tmp_path / "pins.yaml"
     pinset.write_text(pinset_text(pki.rogue_root_pin))
@@ -220,7 +221,7 @@ def test_sighup_reloads_and_a_bad_file_keeps_the_old_pinset(
     assert "Traceback" not in proxy.output()
 
 
-def test_sigterm_stops_cleanly(tmp_path: Path, confdir: Path, pki: Pki) -> None:
+def test_sigterm_stops_cleanly(tmp_path: Path, confdir: Path, pki: TrustedPki) -> None:
     pinset = tmp_path / "pins.yaml"
     pinset.write_text(pinset_text(pki.root_pin))
     with start_pinproxy(pinset, confdir, pki.ca_bundle) as proxy:
@@ -234,7 +235,7 @@ def test_sigterm_stops_cleanly(tmp_path: Path, confdir: Path, pki: Pki) -> None:
 # -- --workers N -----------------------------------------------------------------------------
 
 def test_workers_share_the_port_the_pinset_and_the_report_log(
-        tmp_path: Path, confdir: Path, pki: Pki, serve: Serve,
+        tmp_path: Path, confdir: Path, pki: TrustedPki, serve: Serve,
         good_leaf: trustme.LeafCert, rogue_leaf: trustme.LeafCert) -> None:
     pinset = tmp_path / "pins.yaml"
     pinset.write_text(pinset_text(pki.rogue_root_pin))
@@ -273,7 +274,7 @@ def test_workers_share_the_port_the_pinset_and_the_report_log(
         wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers))
 
 
-def test_workers_stop_cleanly_on_sigterm(tmp_path: Path, confdir: Path, pki: Pki) -> None:
+def test_workers_stop_cleanly_on_sigterm(tmp_path: Path, confdir: Path, pki: TrustedPki) -> None:
     pinset = tmp_path / "pins.yaml"
     pinset.write_text(pinset_text(pki.root_pin))
     with start_pinproxy(pinset, confdir, pki.ca_bundle, "--workers", "2") as proxy:

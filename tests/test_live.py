@@ -121,15 +121,15 @@ def test_every_code_is_documented() -> None:
 
 # -- live_findings: real servers -----------------------------------------------------------------
 
-def test_live_findings_against_real_servers(pki: upstream.Pki, serve: Serve,
+def test_live_findings_against_real_servers(pki: certs.TrustedPki, serve: Serve,
                                             good_leaf: trustme.LeafCert,
                                             rogue_leaf: trustme.LeafCert) -> None:
     genuine = serve(good_leaf)
-    rotated = serve(pki.issue(pki.good_intermediate, "other.test"))  # a new leaf, same CA
+    rotated = serve(pki.issue(pki.intermediate, "other.test"))  # a new leaf, same CA
     untrusted = serve(rogue_leaf)  # the rogue root is not in good_ca_file
     with socket.create_server(("127.0.0.1", 0)) as listener:
         closed = listener.getsockname()[1]
-    leaf = upstream.leaf_pin(good_leaf)
+    leaf = certs.leaf_pin(good_leaf)
     pinset = pinset_of(
         ("leaf.pinned.test", [leaf, BACKUP]),                        # fine
         ("inter.pinned.test", [pki.intermediate_pin, pki.root_pin]),  # no backup
@@ -146,7 +146,7 @@ def test_live_findings_against_real_servers(pki: upstream.Pki, serve: Serve,
         connect_to(f"report.pinned.test:443:127.0.0.1:{closed}"),
         connect_to(f"cert.pinned.test:443:127.0.0.1:{untrusted.port}"),
     ]
-    found = live_findings(pinset, upstream_ca=str(pki.good_ca_file), connect_to=routes,
+    found = live_findings(pinset, upstream_ca=str(pki.root_file), connect_to=routes,
                           timeout=5)
     by_host = {rule.host: [f.code for f in found if f.host == rule.host] for rule in pinset.rules}
     assert by_host == {

@@ -1,7 +1,7 @@
 """Tests of `pinproxy.tools.probe` against real loopback TLS servers (tests/upstream.py).
 
 The test names do not resolve: `--connect-to` routes them to the loopback server while SNI and
-verification keep the name, as curl does. Pins are cross-checked with `tests/upstream.py`, which
+verification keep the name, as curl does. Pins are cross-checked with `tests/certs.py`, which
 computes them without pinproxy.
 """
 
@@ -29,7 +29,7 @@ from pinproxy.errors import PinproxyError
 from pinproxy.pins import CertificatePins
 from pinproxy.proxy import _openssl
 from pinproxy.tools.probe import ProbeResult, check_ca_file, probe, probe_many, route, target_text
-from tests import upstream
+from tests import certs, upstream
 from tests.conftest import Serve
 
 NAME = "leaf.pinned.test"
@@ -59,11 +59,11 @@ def closed_port() -> int:
 
 # -- chains --------------------------------------------------------------------------------------
 
-def test_good_chain_served_and_verified(pki: upstream.Pki, serve: Serve,
+def test_good_chain_served_and_verified(pki: certs.TrustedPki, serve: Serve,
                                         good_leaf: trustme.LeafCert) -> None:
     server = serve(good_leaf)
     result = probe(NAME, 443, ca_file=str(pki.ca_bundle), connect_to=via(server))
-    leaf, intermediate, root = (upstream.leaf_pin(good_leaf), pki.intermediate_pin, pki.root_pin)
+    leaf, intermediate, root = (certs.leaf_pin(good_leaf), pki.intermediate_pin, pki.root_pin)
     assert result.error is None
     assert result.name == NAME and result.address == ("127.0.0.1", server.port)
     assert spki_pins(result.served) == [leaf, intermediate]  # what the server sent, in order
@@ -75,7 +75,7 @@ def test_good_chain_served_and_verified(pki: upstream.Pki, serve: Serve,
 
 
 def test_attack_chain_decoy_is_sent_but_not_in_the_verified_path(
-        pki: upstream.Pki, serve: Serve) -> None:
+        pki: certs.TrustedPki, serve: Serve) -> None:
     """CVE-2016-2402: a rogue leaf with the genuine intermediate appended."""
     server = serve(pki.attack_chain(NAME))
     result = probe(NAME, 443, ca_file=str(pki.ca_bundle), connect_to=via(server))
@@ -88,18 +88,18 @@ def test_attack_chain_decoy_is_sent_but_not_in_the_verified_path(
     assert pki.intermediate_pin not in spki_pins(result.verified)
 
 
-def test_chain_from_an_untrusted_root_does_not_verify(pki: upstream.Pki, serve: Serve,
+def test_chain_from_an_untrusted_root_does_not_verify(pki: certs.TrustedPki, serve: Serve,
                                                       rogue_leaf: trustme.LeafCert) -> None:
     server = serve(rogue_leaf)
-    result = probe(NAME, 443, ca_file=str(pki.good_ca_file), connect_to=via(server))
+    result = probe(NAME, 443, ca_file=str(pki.root_file), connect_to=via(server))
     assert result.error and "unable to get local issuer certificate" in result.error
     assert result.verified == ()
-    assert spki_pins(result.served)[0] == upstream.leaf_pin(rogue_leaf)  # still shown
-    trusted = probe(NAME, 443, ca_file=str(pki.rogue_ca_file), connect_to=via(server))
+    assert spki_pins(result.served)[0] == certs.leaf_pin(rogue_leaf)  # still shown
+    trusted = probe(NAME, 443, ca_file=str(pki.rogue_file), connect_to=via(server))
     assert trusted.error is None and trusted.verified  # twin: its own root trusts it
 
 
-def test_wrong_name_does_not_verify(pki: upstream.Pki, serve: Serve,
+def test_wrong_name_does_not_verify(pki: certs.TrustedPki, serve: Serve,
                                     good_leaf: trustme.LeafCert) -> None:
     server = serve(good_leaf)
     result = probe("127.0.0.1", server.port, servername="not-in-the-cert.test",
@@ -111,7 +111,7 @@ def test_wrong_name_does_not_verify(pki: upstream.Pki, serve: Serve,
     assert named.error is None  # twin
 
 
-def test_an_ip_address_is_verified_as_an_ip(pki: upstream.Pki, serve: Serve,
+def test_an_ip_address_is_verified_as_an_ip(pki: certs.TrustedPki, serve: Serve,
                                             good_leaf: trustme.LeafCert) -> None:
     server = serve(good_leaf)  # its certificate names 127.0.0.1 but not 127.0.0.3
     assert probe("127.0.0.1", server.port, ca_file=str(pki.ca_bundle)).error is None
@@ -140,7 +140,7 @@ def test_a_server_that_is_not_tls(plain_server: upstream.PlainServer) -> None:
         probe("127.0.0.1", plain_server.port, timeout=5)
 
 
-def test_ca_file_is_checked_once_with_a_clear_error(tmp_path: Path, pki: upstream.Pki) -> None:
+def test_ca_file_is_checked_once_with_a_clear_error(tmp_path: Path, pki: certs.TrustedPki) -> None:
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
     with pytest.raises(PinproxyError, match=r"garbage\.pem: no CA certificate could be read"):
@@ -173,7 +173,7 @@ def test_target_text_says_where_a_host_was_reached() -> None:
 # -- several hosts -------------------------------------------------------------------------------
 
 def test_probe_many_keeps_order_and_turns_failures_into_values(
-        pki: upstream.Pki, serve: Serve, good_leaf: trustme.LeafCert, closed_port: int) -> None:
+        pki: certs.TrustedPki, serve: Serve, good_leaf: trustme.LeafCert, closed_port: int) -> None:
     server = serve(good_leaf)
     routes = [*via(server), *via(closed_port, "dead.test")]
     started: list[tuple[str, int]] = []
@@ -247,8 +247,8 @@ def test_the_probe_checks_names_with_the_proxys_flags() -> None:
     assert _openssl.expect_name.__defaults__ == (tlsconfig.DEFAULT_HOSTFLAGS,)
 
 
-def test_a_subject_cn_is_not_a_name_for_the_probe(pki: upstream.Pki, serve: Serve) -> None:
-    server = serve(cn_only_chain(pki.good_ca, NAME))
+def test_a_subject_cn_is_not_a_name_for_the_probe(pki: certs.TrustedPki, serve: Serve) -> None:
+    server = serve(cn_only_chain(pki.root, NAME))
     result = probe(NAME, 443, ca_file=str(pki.ca_bundle), connect_to=via(server))
     assert result.error and "hostname mismatch" in result.error
     assert result.verified == ()

@@ -1,4 +1,4 @@
-"""Tests of the upstream test servers and PKI in ``tests/upstream.py``.
+"""Tests of the upstream test servers in ``tests/upstream.py`` and the PKI in ``tests/certs.py``.
 
 The end-to-end tests trust these servers' counters to prove that nothing
 reached the upstream, so here each server is driven by real clients (httpx,
@@ -27,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 
-from tests import upstream
+from tests import certs, upstream
 
 NAMES = ("api.pinned.test", "127.0.0.1")
 HOST = "api.pinned.test"
@@ -38,13 +38,13 @@ needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="open
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> upstream.Pki:
-    return upstream.make_pki(tmp_path_factory.mktemp("pki"))
+def pki(tmp_path_factory: pytest.TempPathFactory) -> certs.TrustedPki:
+    return certs.trusted_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")
-def leaf(pki: upstream.Pki) -> trustme.LeafCert:
-    return pki.issue(pki.good_intermediate, *NAMES)
+def leaf(pki: certs.TrustedPki) -> trustme.LeafCert:
+    return pki.issue(pki.intermediate, *NAMES)
 
 
 def client_ctx(*cafiles: pathlib.Path) -> ssl.SSLContext:
@@ -53,7 +53,7 @@ def client_ctx(*cafiles: pathlib.Path) -> ssl.SSLContext:
     return ctx
 
 
-def bundle_ctx(pki: upstream.Pki) -> ssl.SSLContext:
+def bundle_ctx(pki: certs.TrustedPki) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(pki.ca_bundle))
 
 
@@ -77,23 +77,23 @@ def curl(*args: str) -> subprocess.CompletedProcess[str]:
 # --- PKI -------------------------------------------------------------------
 
 
-def test_pki_layout(pki: upstream.Pki, leaf: trustme.LeafCert) -> None:
+def test_pki_layout(pki: certs.TrustedPki, leaf: trustme.LeafCert) -> None:
     bundle = pki.ca_bundle.read_bytes()
-    assert pki.good_ca.cert_pem.bytes() in bundle
-    assert pki.rogue_ca.cert_pem.bytes() in bundle
-    assert pki.good_ca_file.read_bytes() == pki.good_ca.cert_pem.bytes()
+    assert pki.root.cert_pem.bytes() in bundle
+    assert pki.rogue_root.cert_pem.bytes() in bundle
+    assert pki.root_file.read_bytes() == pki.root.cert_pem.bytes()
     # A leaf from the intermediate carries the intermediate, not the root.
     chain = [b.bytes() for b in leaf.cert_chain_pems]
-    assert chain[1:] == [pki.good_intermediate.cert_pem.bytes()]
-    pins = {pki.root_pin, pki.intermediate_pin, pki.rogue_root_pin, upstream.leaf_pin(leaf)}
+    assert chain[1:] == [pki.intermediate.cert_pem.bytes()]
+    pins = {pki.root_pin, pki.intermediate_pin, pki.rogue_root_pin, certs.leaf_pin(leaf)}
     assert len(pins) == 4 and all(p.startswith("sha256/") for p in pins)
-    assert upstream.leaf_pin(upstream.ServerChain.from_leaf(leaf)) == upstream.leaf_pin(leaf)
+    assert certs.leaf_pin(upstream.ServerChain.from_leaf(leaf)) == certs.leaf_pin(leaf)
 
 
 @needs_openssl
-def test_pins_agree_with_openssl_cli(pki: upstream.Pki) -> None:
+def test_pins_agree_with_openssl_cli(pki: certs.TrustedPki) -> None:
     """Cross-check the pin helpers against an independent implementation."""
-    pem = pki.good_intermediate.cert_pem.bytes()
+    pem = pki.intermediate.cert_pem.bytes()
 
     def openssl(*args: str, data: bytes) -> bytes:
         run = subprocess.run(["openssl", *args], input=data, capture_output=True, check=True)
@@ -105,15 +105,15 @@ def test_pins_agree_with_openssl_cli(pki: upstream.Pki) -> None:
     public_key_pem = openssl("x509", "-pubkey", "-noout", data=pem)
     spki_der = openssl("pkey", "-pubin", "-outform", "DER", data=public_key_pem)
     cert_der = openssl("x509", "-outform", "DER", data=pem)
-    assert upstream.spki_pin(pem) == "sha256/" + b64(spki_der) == pki.intermediate_pin
-    assert upstream.cert_pin(pem) == "cert-sha256/" + b64(cert_der)
+    assert certs.spki_pin(pem) == "sha256/" + b64(spki_der) == pki.intermediate_pin
+    assert certs.cert_pin(pem) == "cert-sha256/" + b64(cert_der)
 
 
 # --- HTTP/1.1 --------------------------------------------------------------
 
 
 def test_http1_keepalive_two_requests_one_connection(
-    pki: upstream.Pki, leaf: trustme.LeafCert
+    pki: certs.TrustedPki, leaf: trustme.LeafCert
 ) -> None:
     with upstream.UpstreamServer(leaf, "http1", name="one") as srv:
         with httpx.Client(verify=bundle_ctx(pki)) as client:
@@ -135,7 +135,9 @@ def test_http1_keepalive_two_requests_one_connection(
 
 
 @needs_curl
-def test_http1_with_curl_records_sni_and_host(pki: upstream.Pki, leaf: trustme.LeafCert) -> None:
+def test_http1_with_curl_records_sni_and_host(
+    pki: certs.TrustedPki, leaf: trustme.LeafCert
+) -> None:
     with upstream.UpstreamServer(leaf, "http1", name="curl1") as srv:
         out = curl(
             "--cacert", str(pki.ca_bundle),
@@ -153,7 +155,7 @@ def test_http1_with_curl_records_sni_and_host(pki: upstream.Pki, leaf: trustme.L
 # --- HTTP/2 ----------------------------------------------------------------
 
 
-def test_h2_negotiates_http2(pki: upstream.Pki, leaf: trustme.LeafCert) -> None:
+def test_h2_negotiates_http2(pki: certs.TrustedPki, leaf: trustme.LeafCert) -> None:
     with upstream.UpstreamServer(leaf, "h2", name="two") as srv:
         with httpx.Client(verify=bundle_ctx(pki), http2=True) as client:
             r1 = client.get(f"{srv.url}/a")
@@ -171,7 +173,7 @@ def test_h2_negotiates_http2(pki: upstream.Pki, leaf: trustme.LeafCert) -> None:
         assert srv.received_bytes().startswith(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
 
 
-def test_h2_server_falls_back_to_http1(pki: upstream.Pki, leaf: trustme.LeafCert) -> None:
+def test_h2_server_falls_back_to_http1(pki: certs.TrustedPki, leaf: trustme.LeafCert) -> None:
     with upstream.UpstreamServer(leaf, "h2") as srv:
         with httpx.Client(verify=bundle_ctx(pki), http2=False) as client:
             r = client.get(srv.url)
@@ -181,7 +183,7 @@ def test_h2_server_falls_back_to_http1(pki: upstream.Pki, leaf: trustme.LeafCert
 
 
 @needs_curl
-def test_h2_with_curl(pki: upstream.Pki, leaf: trustme.LeafCert) -> None:
+def test_h2_with_curl(pki: certs.TrustedPki, leaf: trustme.LeafCert) -> None:
     with upstream.UpstreamServer(leaf, "h2", name="curl2") as srv:
         out = curl(
             "--http2", "--cacert", str(pki.ca_bundle),
@@ -209,7 +211,7 @@ def ws_events(
     return seen
 
 
-def test_websocket_echo(pki: upstream.Pki, leaf: trustme.LeafCert) -> None:
+def test_websocket_echo(pki: certs.TrustedPki, leaf: trustme.LeafCert) -> None:
     with upstream.UpstreamServer(leaf, "websocket", name="ws") as srv:
         with socket.create_connection(srv.address, timeout=5) as raw:
             ctx = bundle_ctx(pki)
@@ -234,7 +236,7 @@ def test_websocket_echo(pki: upstream.Pki, leaf: trustme.LeafCert) -> None:
         assert srv.tls_sessions[0].alpn == "http/1.1"
 
 
-def test_raw_echo_without_alpn(pki: upstream.Pki, leaf: trustme.LeafCert) -> None:
+def test_raw_echo_without_alpn(pki: certs.TrustedPki, leaf: trustme.LeafCert) -> None:
     with upstream.UpstreamServer(leaf, "raw") as srv:
         with socket.create_connection(srv.address, timeout=5) as raw:
             ctx = bundle_ctx(pki)
@@ -251,7 +253,7 @@ def test_raw_echo_without_alpn(pki: upstream.Pki, leaf: trustme.LeafCert) -> Non
 # --- the attack chain --------------------------------------------------------
 
 
-def test_attack_chain_is_sent_verbatim(pki: upstream.Pki) -> None:
+def test_attack_chain_is_sent_verbatim(pki: certs.TrustedPki) -> None:
     """Rogue leaf first, then the genuine pinned intermediate -- nothing rebuilt or dropped."""
     chain = pki.attack_chain(HOST)
     with upstream.UpstreamServer(chain, "raw") as srv:
@@ -265,18 +267,18 @@ def test_attack_chain_is_sent_verbatim(pki: upstream.Pki) -> None:
             conn.shutdown()
         pems = [c.public_bytes(Encoding.PEM) for c in presented]
         assert len(pems) == 2
-        assert upstream.cert_pin(pems[0]) == upstream.cert_pin(chain.leaf_pem)
-        assert upstream.spki_pin(pems[1]) == pki.intermediate_pin
+        assert certs.cert_pin(pems[0]) == certs.cert_pin(chain.leaf_pem)
+        assert certs.spki_pin(pems[1]) == pki.intermediate_pin
         # ... and the leaf really comes from the rogue root, not the intermediate.
-        rogue_root = x509.load_pem_x509_certificate(pki.rogue_ca.cert_pem.bytes())
+        rogue_root = x509.load_pem_x509_certificate(pki.rogue_root.cert_pem.bytes())
         assert presented[0].issuer == rogue_root.subject
 
 
-def test_attack_chain_validates_only_via_rogue_root(pki: upstream.Pki) -> None:
+def test_attack_chain_validates_only_via_rogue_root(pki: certs.TrustedPki) -> None:
     with upstream.UpstreamServer(pki.attack_chain(HOST), "raw") as srv:
         for ctx, ok in [
-            (client_ctx(pki.good_ca_file), False),
-            (client_ctx(pki.rogue_ca_file), True),
+            (client_ctx(pki.root_file), False),
+            (client_ctx(pki.rogue_file), True),
             (bundle_ctx(pki), True),
         ]:
             with socket.create_connection(srv.address, timeout=5) as raw:
@@ -297,7 +299,7 @@ def test_attack_chain_validates_only_via_rogue_root(pki: upstream.Pki) -> None:
 
 @pytest.mark.parametrize("version", TLS_VERSIONS, ids=lambda v: v.name)
 def test_certificate_rejection_counts_as_failed_handshake(
-    pki: upstream.Pki, leaf: trustme.LeafCert, version: ssl.TLSVersion
+    pki: certs.TrustedPki, leaf: trustme.LeafCert, version: ssl.TLSVersion
 ) -> None:
     """Also in TLS 1.3: a client that rejects the certificate never sends Finished."""
     with upstream.UpstreamServer(leaf, "http1", tls_version=version) as srv:
@@ -305,7 +307,7 @@ def test_certificate_rejection_counts_as_failed_handshake(
             socket.create_connection(srv.address, timeout=5) as raw,
             pytest.raises(ssl.SSLCertVerificationError),
         ):
-            client_ctx(pki.rogue_ca_file).wrap_socket(raw, server_hostname=HOST)
+            client_ctx(pki.rogue_file).wrap_socket(raw, server_hostname=HOST)
         upstream.wait_for(lambda: srv.connections_closed == 1)
         assert srv.connections_accepted == 1
         assert srv.handshakes_completed == 0
@@ -316,7 +318,7 @@ def test_certificate_rejection_counts_as_failed_handshake(
 
 @pytest.mark.parametrize("version", TLS_VERSIONS, ids=lambda v: v.name)
 def test_hangup_after_handshake_counts_as_completed(
-    pki: upstream.Pki, leaf: trustme.LeafCert, version: ssl.TLSVersion
+    pki: certs.TrustedPki, leaf: trustme.LeafCert, version: ssl.TLSVersion
 ) -> None:
     """What a client that checks pins only *after* the handshake looks like upstream."""
     with upstream.UpstreamServer(leaf, "http1", tls_version=version) as srv:
@@ -334,7 +336,7 @@ def test_hangup_after_handshake_counts_as_completed(
 
 @pytest.mark.parametrize("version", TLS_VERSIONS, ids=lambda v: v.name)
 def test_reset_right_after_client_handshake(
-    pki: upstream.Pki, leaf: trustme.LeafCert, version: ssl.TLSVersion
+    pki: certs.TrustedPki, leaf: trustme.LeafCert, version: ssl.TLSVersion
 ) -> None:
     """TLS 1.3 asymmetry: the client is done after *sending* Finished.
 
@@ -358,7 +360,7 @@ def test_reset_right_after_client_handshake(
 
 
 def test_misbehaving_clients_are_quiet(
-    pki: upstream.Pki, leaf: trustme.LeafCert, capfd: pytest.CaptureFixture[str]
+    pki: certs.TrustedPki, leaf: trustme.LeafCert, capfd: pytest.CaptureFixture[str]
 ) -> None:
     linger_rst = struct.pack("ii", 1, 0)
     with upstream.UpstreamServer(leaf, "h2") as srv:
@@ -418,7 +420,9 @@ def test_plain_server_answers_http_and_records_everything() -> None:
 # --- lifecycle ---------------------------------------------------------------------
 
 
-def test_stop_is_prompt_with_idle_connections(pki: upstream.Pki, leaf: trustme.LeafCert) -> None:
+def test_stop_is_prompt_with_idle_connections(
+    pki: certs.TrustedPki, leaf: trustme.LeafCert
+) -> None:
     srv = upstream.UpstreamServer(leaf, "http1")
     with srv, contextlib.ExitStack() as clients:
         # one client stuck before the handshake, one idle after it

@@ -1,8 +1,6 @@
-"""Test-side upstream servers and PKI for pinproxy end-to-end tests.
+"""Test-side upstream servers for pinproxy end-to-end tests (their PKI is ``tests/certs.py``).
 
-Everything here is deliberately independent of the ``pinproxy`` package: pins
-are computed with ``cryptography`` directly, so end-to-end tests cross-check
-the proxy's own pin parsing/matching instead of re-using it.
+Everything here is deliberately independent of the ``pinproxy`` package.
 
 The servers record every application byte they receive.  The central claim of
 pinproxy is "a connection that violates a pin never carries application data
@@ -37,9 +35,7 @@ see ``tests/test_upstream.py``):
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import logging
 import pathlib
 import select
@@ -60,8 +56,6 @@ import trustme
 import wsproto
 import wsproto.events
 import wsproto.utilities
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from wsproto.connection import ConnectionState
 
 log = logging.getLogger(__name__)
@@ -69,25 +63,8 @@ log = logging.getLogger(__name__)
 UpstreamProtocol = Literal["http1", "h2", "websocket", "raw"]
 
 # ---------------------------------------------------------------------------
-# Pins and PKI
+# The chain a server presents (the PKI itself is in tests/certs.py)
 # ---------------------------------------------------------------------------
-
-
-def _b64_sha256(data: bytes) -> str:
-    return base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
-
-
-def spki_pin(cert_pem: bytes) -> str:
-    """``sha256/<base64>`` of the certificate's DER SubjectPublicKeyInfo."""
-    cert = x509.load_pem_x509_certificate(cert_pem)
-    spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    return "sha256/" + _b64_sha256(spki)
-
-
-def cert_pin(cert_pem: bytes) -> str:
-    """``cert-sha256/<base64>`` of the whole DER certificate."""
-    cert = x509.load_pem_x509_certificate(cert_pem)
-    return "cert-sha256/" + _b64_sha256(cert.public_bytes(Encoding.DER))
 
 
 @dataclass(frozen=True)
@@ -110,83 +87,6 @@ class ServerChain:
     @property
     def leaf_pem(self) -> bytes:
         return self.cert_pems[0]
-
-
-def issue(issuer: trustme.CA, *names: str) -> trustme.LeafCert:
-    """Issue a server certificate for ``names`` (DNS names or IP literals)."""
-    return issuer.issue_cert(*names)
-
-
-def leaf_pin(leaf: trustme.LeafCert | ServerChain) -> str:
-    """SPKI pin of the leaf (end-entity) certificate."""
-    if isinstance(leaf, ServerChain):
-        return spki_pin(leaf.leaf_pem)
-    return spki_pin(leaf.cert_chain_pems[0].bytes())
-
-
-@dataclass(frozen=True)
-class Pki:
-    """Two trusted roots: a legitimate one (with an intermediate) and a rogue one.
-
-    Both roots are in ``ca_bundle`` because the threat model is a CA that *is*
-    trusted by the system but mis-issues for pinned names; only pins stop it.
-    """
-
-    good_ca: trustme.CA
-    good_intermediate: trustme.CA
-    rogue_ca: trustme.CA
-    ca_bundle: pathlib.Path  # good root + rogue root: the proxy's --upstream-ca
-    good_ca_file: pathlib.Path  # good root only
-    rogue_ca_file: pathlib.Path  # rogue root only
-
-    def issue(self, issuer: trustme.CA, *names: str) -> trustme.LeafCert:
-        """See module-level :func:`issue`."""
-        return issue(issuer, *names)
-
-    def attack_chain(self, *names: str) -> ServerChain:
-        """A leaf for ``names`` from the rogue root, with the genuine intermediate appended.
-
-        A correct pin check looks at the *verified* chain (rogue leaf -> rogue
-        root) and must reject it; a naive one that scans the *presented*
-        certificates finds the pinned intermediate and wrongly accepts.
-        """
-        leaf = issue(self.rogue_ca, *names)
-        return ServerChain.from_leaf(leaf, extra=[self.good_intermediate.cert_pem.bytes()])
-
-    @property
-    def root_pin(self) -> str:
-        return spki_pin(self.good_ca.cert_pem.bytes())
-
-    @property
-    def intermediate_pin(self) -> str:
-        return spki_pin(self.good_intermediate.cert_pem.bytes())
-
-    @property
-    def rogue_root_pin(self) -> str:
-        return spki_pin(self.rogue_ca.cert_pem.bytes())
-
-
-def make_pki(tmp_dir: pathlib.Path) -> Pki:
-    """Build the test PKI and write its CA files into ``tmp_dir``."""
-    good_ca = trustme.CA(organization_name="pinproxy good root")
-    rogue_ca = trustme.CA(organization_name="pinproxy rogue root")
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    good_file, rogue_file, bundle = (
-        tmp_dir / "good-ca.pem",
-        tmp_dir / "rogue-ca.pem",
-        tmp_dir / "ca-bundle.pem",
-    )
-    good_ca.cert_pem.write_to_path(str(good_file))
-    rogue_ca.cert_pem.write_to_path(str(rogue_file))
-    bundle.write_bytes(good_ca.cert_pem.bytes() + rogue_ca.cert_pem.bytes())
-    return Pki(
-        good_ca=good_ca,
-        good_intermediate=good_ca.create_child_ca(),
-        rogue_ca=rogue_ca,
-        ca_bundle=bundle,
-        good_ca_file=good_file,
-        rogue_ca_file=rogue_file,
-    )
 
 
 # ---------------------------------------------------------------------------
