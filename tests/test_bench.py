@@ -27,6 +27,14 @@ def bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
                           cwd=REPO, check=False)
 
 
+def ratio_fits(ratio: float, variant: float, plain: float) -> bool:
+    """The printed ratio (2 places) agrees with the printed rates (1 place), whose rounding
+    alone moves the quotient: at a few transfers per second, by more than 0.005."""
+    low = (variant - 0.05) / (plain + 0.05)
+    high = (variant + 0.05) / (plain - 0.05)
+    return low - 0.005 <= ratio <= high + 0.005
+
+
 @pytest.mark.e2e
 def test_tiny_run_prints_every_table_with_ratios_and_writes_json(tmp_path: Path) -> None:
     report = tmp_path / "bench.json"
@@ -43,8 +51,8 @@ def test_tiny_run_prints_every_table_with_ratios_and_writes_json(tmp_path: Path)
     for row in median_rows:  # median plain, bare and its ratio, pinproxy and its ratio
         plain, bare, bare_ratio, pinproxy, ratio = (float(cell) for cell in row[1:])
         assert plain > 0 and bare > 0 and pinproxy > 0
-        assert bare_ratio == pytest.approx(bare / plain, abs=0.006)  # printed to 2 places
-        assert ratio == pytest.approx(pinproxy / plain, abs=0.006)
+        assert ratio_fits(bare_ratio, bare, plain)
+        assert ratio_fits(ratio, pinproxy, plain)
     busy_rows = [line.split() for line in done.stdout.splitlines()
                  if line.strip().startswith("machine busy")]
     assert len(busy_rows) == 3
