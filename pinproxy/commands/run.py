@@ -20,25 +20,25 @@ from pinproxy.tools.probe import check_ca_file
 _SWITCH_INTERVAL = 0.0005  # seconds; see docs/performance.md
 _NO_FULL_COLLECTIONS = 1_000_000_000  # a gen-2 threshold no load reaches
 
-DEFAULTS = RunConfig()
+_DEFAULTS = RunConfig()
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser("run", help="start the proxy")
-    parser.add_argument("--pinset", default=DEFAULTS.pinset, metavar="PATH",
+    parser.add_argument("--pinset", default=_DEFAULTS.pinset, metavar="PATH",
                         help="pinset YAML (default: %(default)s)")
-    parser.add_argument("--listen-host", default=DEFAULTS.listen_host,
+    parser.add_argument("--listen-host", default=_DEFAULTS.listen_host,
                         help="default: %(default)s")
-    parser.add_argument("--listen-port", type=port, default=DEFAULTS.listen_port,
+    parser.add_argument("--listen-port", type=port, default=_DEFAULTS.listen_port,
                         help="default: %(default)s")
-    parser.add_argument("--confdir", default=DEFAULTS.confdir, metavar="DIR",
+    parser.add_argument("--confdir", default=_DEFAULTS.confdir, metavar="DIR",
                         help="directory of the proxy's CA (default: %(default)s)")
     parser.add_argument("--upstream-ca", metavar="PEM",
                         help="trust only these CA certificates upstream "
                              "(replaces the default bundle)")
     parser.add_argument("--report-log", metavar="PATH",
                         help="append one JSON object per pin violation to this file")
-    parser.add_argument("--workers", type=_workers, default=DEFAULTS.workers, metavar="N",
+    parser.add_argument("--workers", type=_workers, default=_DEFAULTS.workers, metavar="N",
                         help="proxy processes sharing the port, one per core (default: 1)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log every allowed connection")
