@@ -15,7 +15,7 @@ from typing import Any, Self
 
 from pinproxy.errors import PinproxyError
 
-__all__ = ["DEFAULT_PINSET", "RunConfig"]
+__all__ = ["DEFAULT_PINSET", "RunConfig", "host_and_port"]
 
 DEFAULT_PINSET = "config/pins.yaml"
 
@@ -31,7 +31,12 @@ class RunConfig:
     upstream_ca: str | None = None  # replaces the default upstream trust bundle
     report_log: str | None = None
     workers: int = 1
-    verbose: bool = False
+    log_level: str = "info"  # debug | info | warning | error
+    log_format: str = "text"  # text | json
+    admin_listen: str = "127.0.0.1:9901"  # HOST:PORT of /healthz, /readyz, /metrics, /pinset; "off"
+    proxy_auth: str | None = None  # "user:pass" or "@htpasswd": clients must authenticate
+    allow_unauthenticated: bool = False  # listen beyond loopback without --proxy-auth
+    drain_timeout: float = 10.0  # seconds in-flight requests get after SIGTERM
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -53,9 +58,31 @@ class RunConfig:
             _check_type(field.name, data[field.name], field.type)
         return cls(**data)
 
+    @property
+    def admin_address(self) -> tuple[str, int] | None:
+        """The admin listener's (host, port), or None when `admin_listen` is "off"."""
+        if self.admin_listen == "off":
+            return None
+        return host_and_port(self.admin_listen)
+
+
+def host_and_port(text: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[IPv6]:PORT`, port 0-65535; anything else is a `PinproxyError`."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port_text = text.rpartition(":")
+        if ":" in host:  # a bare IPv6 address: which colon ends it is ambiguous
+            host = ""
+    if not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise PinproxyError(f"{text[:100]!r} is not HOST:PORT")
+    return host, int(port_text)
+
 
 _TYPES: dict[str, tuple[type, ...]] = {
-    "str": (str,), "int": (int,), "bool": (bool,), "str | None": (str, type(None)),
+    "str": (str,), "int": (int,), "bool": (bool,), "float": (float, int),
+    "str | None": (str, type(None)),
 }
 
 

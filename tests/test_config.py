@@ -24,6 +24,8 @@ def every_setting_changed() -> RunConfig:
         default = field.default
         if isinstance(default, bool):
             changed[field.name] = not default
+        elif isinstance(default, float):
+            changed[field.name] = default + 0.5
         elif isinstance(default, int):
             changed[field.name] = default + 3
         else:
@@ -48,8 +50,8 @@ def test_a_worker_reads_back_every_setting_the_supervisor_wrote() -> None:
      "setting 'listen_port' has the wrong type: True"),
     (json.dumps({**json.loads(RunConfig().to_json()), "upstream_ca": 7}),
      "setting 'upstream_ca' has the wrong type: 7"),
-    (json.dumps({**json.loads(RunConfig().to_json()), "verbose": "yes"}),
-     "setting 'verbose' has the wrong type: 'yes'"),
+    (json.dumps({**json.loads(RunConfig().to_json()), "allow_unauthenticated": "yes"}),
+     "setting 'allow_unauthenticated' has the wrong type: 'yes'"),
 ])
 def test_anything_but_a_written_configuration_is_refused(text: str, message: str) -> None:
     with pytest.raises(PinproxyError, match=message):

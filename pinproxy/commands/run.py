@@ -40,8 +40,23 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                         help="append one JSON object per pin violation to this file")
     parser.add_argument("--workers", type=_workers, default=_DEFAULTS.workers, metavar="N",
                         help="proxy processes sharing the port, one per core (default: 1)")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="log every allowed connection")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                        default=_DEFAULTS.log_level, help="default: %(default)s")
+    parser.add_argument("-v", "--verbose", dest="log_level", action="store_const", const="debug",
+                        help="the same as --log-level debug")
+    parser.add_argument("--log-format", choices=("text", "json"), default=_DEFAULTS.log_format,
+                        help="json: one object per line on stderr (default: %(default)s)")
+    parser.add_argument("--admin-listen", default=_DEFAULTS.admin_listen, metavar="HOST:PORT",
+                        help="serve /healthz, /readyz, /metrics and /pinset here; 'off' disables"
+                             " it (default: %(default)s)")
+    parser.add_argument("--proxy-auth", metavar="SPEC",
+                        help="clients must authenticate: 'user:pass' or '@path/to/htpasswd'")
+    parser.add_argument("--allow-unauthenticated", action="store_true",
+                        help="listen beyond loopback without --proxy-auth")
+    parser.add_argument("--drain-timeout", type=float, default=_DEFAULTS.drain_timeout,
+                        metavar="SECONDS",
+                        help="on SIGTERM, how long in-flight requests may finish "
+                             "(default: %(default)s)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # "i/N": started by --workers
     parser.set_defaults(command=run)
 
@@ -72,7 +87,10 @@ def _config(args: argparse.Namespace) -> RunConfig:
     return RunConfig(pinset=args.pinset, listen_host=args.listen_host,
                      listen_port=args.listen_port, confdir=args.confdir,
                      upstream_ca=args.upstream_ca, report_log=args.report_log,
-                     workers=args.workers, verbose=args.verbose)
+                     workers=args.workers, log_level=args.log_level,
+                     log_format=args.log_format, admin_listen=args.admin_listen,
+                     proxy_auth=args.proxy_auth, allow_unauthenticated=args.allow_unauthenticated,
+                     drain_timeout=args.drain_timeout)
 
 
 def _serve(config: RunConfig, worker: str = "") -> int:

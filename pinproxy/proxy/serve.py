@@ -24,7 +24,7 @@ async def serve(config: RunConfig, worker: str = "",
                 load: Callable[[str], Pinset] = load_pinset) -> int:
     """Serve until a signal stops the proxy. `worker` ("i/N") marks one of `--workers N`;
     `load` reads a pinset file (the run command's, tuned for the process it owns)."""
-    logging.getLogger("pinproxy").setLevel(logging.DEBUG if config.verbose else logging.INFO)
+    logging.getLogger("pinproxy").setLevel(config.log_level.upper())
     if worker:
         from pinproxy.proxy.workers import enable_reuse_port
 
@@ -43,7 +43,7 @@ async def serve(config: RunConfig, worker: str = "",
             connection_strategy="eager",
             http3=False,
             ssl_verify_upstream_trusted_ca=config.upstream_ca,
-            termlog_verbosity="debug" if config.verbose else "info",
+            termlog_verbosity=config.log_level.replace("warning", "warn"),
             pinset=config.pinset,
             pinset_report_log=config.report_log or "",
         )
