@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from pinproxy.errors import PinproxyError
 
-__all__ = ["AdminServer", "AdminSource"]
+__all__ = ["AdminServer", "AdminSource", "Readiness"]
 
 _SOCKET_TIMEOUT = 5.0  # seconds a client may take to send its request
 
@@ -34,6 +34,25 @@ class AdminSource(Protocol):
 
     def pinset(self) -> Mapping[str, Any] | None:
         """The pinset in force as JSON-ready data, or None before one loaded."""
+
+
+class Readiness:
+    """Whether this process should get traffic: set by the event loop, read by the admin thread
+    (each attribute is one reference, so a reader never sees a half-made state)."""
+
+    def __init__(self) -> None:
+        self.pinset_loaded = False
+        self.listening = False
+        self.draining = False
+
+    def not_ready(self) -> str | None:
+        if self.draining:
+            return "draining: shutting down"
+        if not self.pinset_loaded:
+            return "no valid pinset loaded"
+        if not self.listening:
+            return "the proxy port is not accepting connections yet"
+        return None
 
 
 class AdminServer:
