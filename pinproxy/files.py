@@ -1,5 +1,8 @@
-"""One way to write a file: complete writes, modes set at creation, atomic where a file is
-replaced and exclusive where one must not be clobbered.
+"""One way to read and write a file: only regular files are read, writes are complete, modes are
+set at creation, atomic where a file is replaced and exclusive where one must not be clobbered.
+
+Reading opens without blocking and refuses anything but a regular file (or a symlink to one): a
+FIFO named as a pinset would otherwise hang the proxy at start-up, or at a reload, for ever.
 
 A private key must never exist, even for a moment, with a wider mode than its final one, so the
 mode is given to `os.open` with O_CREAT|O_EXCL rather than fixed by a later `chmod`. A failed write
@@ -12,8 +15,36 @@ import contextlib
 import errno
 import os
 import secrets
+import stat
+from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["create_exclusively", "replace_atomically", "write_all"]
+__all__ = ["create_exclusively", "open_regular", "read_regular", "replace_atomically",
+           "write_all"]
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """Open a regular file for reading; OSError for anything else (FIFO, device, directory).
+
+    O_NONBLOCK makes opening a FIFO return at once instead of waiting for a writer; for a regular
+    file the flag changes nothing, so the returned stream reads normally.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+            raise OSError(errno.EINVAL, kind)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: str | Path) -> bytes:
+    """The bytes of a regular file (see `open_regular`)."""
+    with open_regular(path) as stream:
+        return stream.read()
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -18,6 +18,7 @@ import yaml
 
 from pinproxy._yamltree import Alias, Mapping, Node, Scalar, Sequence, parse_documents
 from pinproxy.errors import PinproxyError, PinsetError, Problem
+from pinproxy.files import open_regular, read_regular
 from pinproxy.hostnames import parse_host_pattern
 from pinproxy.pins import Pin, parse_pin, read_pem_or_der
 from pinproxy.pinset import HostRule, Location, Mode, Pinset, Unpinned
@@ -47,7 +48,7 @@ def load_pinset(path: str | Path) -> Pinset:
     """Read and validate a pinset file; raise `PinsetError` listing every problem."""
     name = str(path)
     try:
-        with open(path, "rb") as stream:  # libyaml reads it in chunks: no copy of a big file
+        with open_regular(path) as stream:  # libyaml reads it in chunks: no copy of a big file
             return parse_pinset(stream, name, base_dir=Path(path).parent)
     except OSError as e:
         raise PinsetError([Problem(Location(name),
@@ -216,7 +217,7 @@ class _Parser:
             if text.startswith("file:"):
                 path = self.base_dir / text.removeprefix("file:").strip()
                 try:
-                    data = path.read_bytes()
+                    data = read_regular(path)
                 except OSError as e:
                     self.problem(node, f"pin file {str(path)!r}: {e.strerror or e}")
                     return None

@@ -144,7 +144,7 @@ def test_nothing_is_written_when_a_host_is_unreachable(
     (["a.test", "-o", "/nonexistent/dir/pins.yaml"],
      "pinproxy: /nonexistent/dir/pins.yaml: no such directory: /nonexistent/dir"),
     (["a.test", "--upstream-ca", "/nonexistent/ca.pem"],
-     "pinproxy: /nonexistent/ca.pem: no such CA file"),
+     "pinproxy: /nonexistent/ca.pem: cannot read CA file: No such file or directory"),
     (["a.test", "--mode", "off"], "argument --mode: invalid choice: 'off'"),
 ])
 def test_bad_arguments_are_one_line_before_any_connection(

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from pinproxy.files import create_exclusively, replace_atomically, write_all
+from pinproxy.files import (
+    create_exclusively,
+    open_regular,
+    read_regular,
+    replace_atomically,
+    write_all,
+)
 
 
 def _mode(path: Path) -> int:
@@ -86,3 +93,22 @@ def test_replace_atomically_failure_leaves_old_content_and_no_temp(tmp_path: Pat
         replace_atomically(tmp_path / "dir", b"new", 0o600)  # rename onto a directory fails
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ca.pem", "dir"]
+
+
+def test_open_regular_reads_a_regular_file_and_a_symlink_to_one(tmp_path: Path) -> None:
+    (tmp_path / "pins.yaml").write_bytes(b"version: 1\n")
+    (tmp_path / "link.yaml").symlink_to(tmp_path / "pins.yaml")
+    assert read_regular(tmp_path / "pins.yaml") == b"version: 1\n"
+    assert read_regular(tmp_path / "link.yaml") == b"version: 1\n"
+
+
+@pytest.mark.parametrize(("make", "complaint"), [
+    (os.mkfifo, "not a regular file"),
+    (os.mkdir, "a directory|Is a directory"),
+])
+def test_open_regular_refuses_at_once_what_is_not_a_regular_file(
+        tmp_path: Path, make: Callable[[Path], None], complaint: str) -> None:
+    path = tmp_path / "pins.yaml"
+    make(path)  # a FIFO with no writer: a blocking open would wait for ever
+    with pytest.raises(OSError, match=complaint):
+        open_regular(path)

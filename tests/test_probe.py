@@ -145,7 +145,7 @@ def test_ca_file_is_checked_once_with_a_clear_error(tmp_path: Path, pki: certs.T
     garbage.write_text("not a certificate\n")
     with pytest.raises(PinproxyError, match=r"garbage\.pem: no CA certificate could be read"):
         check_ca_file(str(garbage))
-    with pytest.raises(PinproxyError, match=r"missing\.pem: no such CA file"):
+    with pytest.raises(PinproxyError, match=r"missing\.pem: cannot read CA file: No such file"):
         probe_many([(NAME, 443)], ca_file=str(tmp_path / "missing.pem"))
     assert check_ca_file(str(pki.ca_bundle)) == str(pki.ca_bundle)  # twin
     assert check_ca_file(None).endswith(".pem")  # certifi's bundle

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from pinproxy.errors import PinproxyError
-from pinproxy.files import replace_atomically
+from pinproxy.files import read_regular, replace_atomically
 from pinproxy.formats import IMPORT_FORMATS, Converted, import_pins
 
 EXIT_LOSSY = 1
@@ -42,7 +41,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def import_(args: argparse.Namespace) -> int:
     source = "<stdin>" if args.file == "-" else args.file
     try:
-        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+        data = sys.stdin.buffer.read() if args.file == "-" else read_regular(args.file)
     except OSError as e:
         raise PinproxyError(f"{source}: cannot read: {e.strerror or e}") from None
     result = import_pins(data, source, args.format, args.host)

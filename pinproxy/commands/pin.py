@@ -15,7 +15,6 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -23,6 +22,7 @@ from cryptography import x509
 from pinproxy.commands._args import host_port
 from pinproxy.commands._probe_options import add_probe_options, progress
 from pinproxy.errors import PinError, PinproxyError
+from pinproxy.files import read_regular
 from pinproxy.hostnames import normalize_host
 from pinproxy.pins import CertificatePins, KeyMaterial, Pin, read_pem_or_der
 from pinproxy.tools.probe import ProbeResult, probe_many, target_text
@@ -230,7 +230,7 @@ def _not_after(cert: CertificatePins) -> str:
 def read_key_file(path: str) -> list[KeyMaterial]:
     """Every certificate, key and CSR of a file; `PinError` names the file."""
     try:
-        data = Path(path).read_bytes()
+        data = read_regular(path)
     except OSError as e:
         raise PinError(f"{path}: {e.strerror or e}") from None
     return read_pem_or_der(data, path)

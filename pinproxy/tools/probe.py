@@ -9,7 +9,6 @@ anchor that a server usually does not send.
 from __future__ import annotations
 
 import contextlib
-import os
 import selectors
 import socket
 import time
@@ -22,6 +21,7 @@ import certifi
 from OpenSSL import SSL, crypto
 
 from pinproxy.errors import PinproxyError
+from pinproxy.files import open_regular
 from pinproxy.pins import CertificatePins
 from pinproxy.proxy._openssl import expect_name, verify_error_text, x509_pins
 
@@ -81,8 +81,10 @@ def check_ca_file(ca_file: str | None) -> str:
     """
     if ca_file is None:
         return certifi.where()
-    if not os.path.isfile(ca_file):
-        raise PinproxyError(f"{ca_file}: no such CA file")
+    try:  # OpenSSL would block on a FIFO: only a regular file goes further
+        open_regular(ca_file).close()
+    except OSError as e:
+        raise PinproxyError(f"{ca_file}: cannot read CA file: {e.strerror or e}") from None
     try:
         SSL.Context(SSL.TLS_CLIENT_METHOD).load_verify_locations(ca_file)
     except SSL.Error:
