@@ -151,10 +151,15 @@ def _read_small_regular_file(path: str) -> str:
         fd = os.open(Path(path).expanduser(), os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
         raise PinproxyError(f"{path}: cannot read htpasswd file: {e.strerror or e}") from None
-    with os.fdopen(fd, "rb") as file:
+    try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise PinproxyError(f"{path}: htpasswd is not a regular file")
-        data = file.read(MAX_HTPASSWD_BYTES + 1)
+        with os.fdopen(os.dup(fd), "rb") as file:
+            data = file.read(MAX_HTPASSWD_BYTES + 1)
+    except OSError as e:
+        raise PinproxyError(f"{path}: cannot read htpasswd file: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
     if len(data) > MAX_HTPASSWD_BYTES:
         raise PinproxyError(f"{path}: htpasswd file is larger than {MAX_HTPASSWD_BYTES} bytes")
     try:
