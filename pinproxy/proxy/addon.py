@@ -224,6 +224,8 @@ class Pinning:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         """Answer a refused connection with a page that explains it; refuse what was not checked."""
+        if flow.response is not None:  # already answered (the 407 of proxy authentication)
+            return
         refusal = self._refusal(flow.client_conn, flow.server_conn)
         if refusal is not None:  # logged and reported when the handshake was refused
             _refuse_request(flow, refusal)

@@ -23,12 +23,14 @@ from mitmproxy.addons import (
 
 from pinproxy.proxy import _mitmproxy_private, _openssl
 from pinproxy.proxy.addon import Pinning
+from pinproxy.proxy.auth import ProxyAuth
 from pinproxy.proxy.dispatch import ResolvedHooks
 
 __all__ = ["build_master"]
 
 
-def build_master(opts: options.Options, pinning: Pinning) -> master.Master:
+def build_master(opts: options.Options, pinning: Pinning,
+                 proxy_auth: str | None = None) -> master.Master:
     """A Master with the minimal addon chain; `pinning` comes last, after `tlsconfig`.
 
     Raises `PinproxyError` if mitmproxy or pyOpenSSL no longer has a private name pinproxy uses.
@@ -51,6 +53,7 @@ def build_master(opts: options.Options, pinning: Pinning) -> master.Master:
         next_layer.NextLayer(),
         tlsconfig.TlsConfig(),
         errorcheck.ErrorCheck(),
+        ProxyAuth(proxy_auth),        # 407 before anything else answers; strips proxy headers
         pinning,
     )
     return proxy

@@ -31,7 +31,7 @@ async def serve(config: RunConfig, worker: str = "",
         enable_reuse_port()
     opts = options.Options()
     addon = Pinning(label=f"worker {worker}" if worker else "", load=load)
-    master = build_master(opts, addon)
+    master = build_master(opts, addon, config.proxy_auth)
     try:
         # Set every option in one update, after all addons are added: each addon's configure
         # then sees the final values together (and ours can refuse a bypassing combination).
