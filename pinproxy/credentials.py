@@ -17,8 +17,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import os
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Protocol
 import bcrypt
 
 from pinproxy.errors import PinproxyError
+from pinproxy.files import open_regular
 
 __all__ = ["Htpasswd", "SingleUser", "Verifier", "basic_credentials", "parse_proxy_auth"]
 
@@ -148,18 +147,10 @@ def _scheme_name(hashed: str) -> str:
 def _read_small_regular_file(path: str) -> str:
     """The file's text: only a regular file (no FIFO to block on), at most 1 MiB, UTF-8."""
     try:
-        fd = os.open(Path(path).expanduser(), os.O_RDONLY | os.O_NONBLOCK)
+        with open_regular(Path(path).expanduser()) as stream:
+            data = stream.read(MAX_HTPASSWD_BYTES + 1)
     except OSError as e:
         raise PinproxyError(f"{path}: cannot read htpasswd file: {e.strerror or e}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise PinproxyError(f"{path}: htpasswd is not a regular file")
-        with os.fdopen(os.dup(fd), "rb") as file:
-            data = file.read(MAX_HTPASSWD_BYTES + 1)
-    except OSError as e:
-        raise PinproxyError(f"{path}: cannot read htpasswd file: {e.strerror or e}") from None
-    finally:
-        os.close(fd)
     if len(data) > MAX_HTPASSWD_BYTES:
         raise PinproxyError(f"{path}: htpasswd file is larger than {MAX_HTPASSWD_BYTES} bytes")
     try:

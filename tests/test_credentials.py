@@ -154,8 +154,8 @@ def test_duplicate_user(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("make", "message"), [
     (lambda p: None, "cannot read htpasswd file: No such file or directory"),
-    (lambda p: p.mkdir(), "htpasswd is not a regular file"),
-    (lambda p: os.mkfifo(p), "htpasswd is not a regular file"),   # never blocks
+    (lambda p: p.mkdir(), "cannot read htpasswd file: a directory"),
+    (lambda p: os.mkfifo(p), "cannot read htpasswd file: not a regular file"),   # never blocks
     (lambda p: p.write_text("# nobody\n"), "no users in the htpasswd file"),
     (lambda p: p.write_bytes(b"a" * (MAX_HTPASSWD_BYTES + 1)), "larger than"),
     (lambda p: p.write_bytes(b"# ok\n\xff\n"), ":2: htpasswd is not UTF-8 text"),
