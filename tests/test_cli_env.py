@@ -125,6 +125,15 @@ def test_a_good_flag_overrides_a_bad_variable_only_if_the_variable_is_not_read()
         config("--listen-port", "1", PINPROXY_LISTEN_PORT="x")
 
 
+def test_an_unusable_upstream_ca_names_where_it_came_from(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    with pytest.raises(PinproxyError, match=f"^PINPROXY_UPSTREAM_CA {junk}"):
+        config(PINPROXY_UPSTREAM_CA=str(junk))
+    with pytest.raises(PinproxyError, match=f"^--upstream-ca {junk}"):
+        config("--upstream-ca", str(junk), PINPROXY_UPSTREAM_CA=str(junk))
+
+
 def test_unknown_variables_are_named_in_one_warning(capsys: pytest.CaptureFixture[str]) -> None:
     assert config(PINPROXY_PINSETS="/x", PINPROXY_LISTENPORT="1", PINPROXYX="2") == RunConfig()
     err = capsys.readouterr().err

@@ -241,7 +241,8 @@ def _config(args: argparse.Namespace, environ: Mapping[str, str]) -> RunConfig:
         try:  # the check `pin` and `check --live` use: CA certificates OpenSSL can load
             check_ca_file(config.upstream_ca)
         except PinproxyError as e:
-            raise PinproxyError(f"--upstream-ca {e}") from None
+            source = "--upstream-ca" if args.upstream_ca is not None else "PINPROXY_UPSTREAM_CA"
+            raise PinproxyError(f"{source} {e}") from None
     _refuse_open_proxy(config)
     return config
 
