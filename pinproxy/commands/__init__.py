@@ -6,6 +6,7 @@ A command raises `PinproxyError` for a user error; `pinproxy.cli` prints it as o
 
 from pinproxy.commands import (
     backup_key,
+    ca,
     check,
     exporting,
     importing,
@@ -15,6 +16,6 @@ from pinproxy.commands import (
     schema,
 )
 
-COMMANDS = (run, pin, check, init, backup_key, importing, exporting, schema)
+COMMANDS = (run, pin, check, init, backup_key, importing, exporting, schema, ca)
 
 __all__ = ["COMMANDS"]

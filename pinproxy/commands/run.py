@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import ipaddress
+import logging
+import math
+import os
 import sys
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pinproxy.commands._args import port
-from pinproxy.config import RunConfig
+from pinproxy.config import RunConfig, host_and_port
 from pinproxy.errors import PinproxyError
 from pinproxy.loader import load_pinset
 from pinproxy.pinset import Pinset
@@ -21,76 +26,248 @@ _SWITCH_INTERVAL = 0.0005  # seconds; see docs/performance.md
 _NO_FULL_COLLECTIONS = 1_000_000_000  # a gen-2 threshold no load reaches
 
 _DEFAULTS = RunConfig()
+ENV_PREFIX = "PINPROXY_"
+_MAX_DRAIN_TIMEOUT = 3600.0
+log = logging.getLogger("pinproxy.run")
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """One `run` setting: its flag, its `PINPROXY_` variable and its docs row come from here.
+
+    `parse` turns text into the value and raises `ValueError` with the reason ("is not a port
+    number (0-65535)"); the caller quotes the text and names the flag or the variable.
+    A switch (`parse is None`) takes no value on the command line; its variable is a boolean.
+    """
+
+    name: str  # the RunConfig field
+    parse: Callable[[str], object] | None
+    help: str
+    metavar: str | None = None
+    choices: tuple[str, ...] = ()
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def variable(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def default(self) -> object:
+        return getattr(_DEFAULTS, self.name)
+
+
+def _port(text: str) -> int:
+    try:
+        return port(text)
+    except argparse.ArgumentTypeError:
+        raise ValueError("is not a port number (0-65535)") from None
+
+
+def _workers(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 64:
+        raise ValueError("is not a number of workers (1-64)")
+    return int(text)
+
+
+def _admin_listen(text: str) -> str:
+    if text != "off":
+        try:
+            host_and_port(text)
+        except PinproxyError:
+            raise ValueError("is not HOST:PORT or 'off'") from None
+    return text
+
+
+def _drain_timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= _MAX_DRAIN_TIMEOUT:  # NaN and inf fail here too
+        raise ValueError(f"is not a number of seconds (> 0, at most {_MAX_DRAIN_TIMEOUT:g})")
+    return value
+
+
+def _nonempty(text: str) -> str:
+    if not text:
+        raise ValueError("is empty")
+    return text
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"is not one of {', '.join(choices)}")
+        return text
+    return parse
+
+
+_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
+
+
+def _boolean(text: str) -> bool:
+    """A switch's variable: 1/0, true/false, yes/no in any case; nothing else passes."""
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise ValueError("is not a boolean (1/0, true/false, yes/no)")
+
+
+FLAGS: tuple[Flag, ...] = (
+    Flag("pinset", _nonempty, "pinset YAML (default: %(default)s)", "PATH"),
+    Flag("listen_host", _nonempty, "address the proxy listens on (default: %(default)s)", "HOST"),
+    Flag("listen_port", _port, "port the proxy listens on, 0 for any free one "
+         "(default: %(default)s)", "PORT"),
+    Flag("confdir", _nonempty, "directory of the proxy's CA (default: %(default)s)", "DIR"),
+    Flag("upstream_ca", _nonempty,
+         "trust only these CA certificates upstream (replaces the default bundle)", "PEM"),
+    Flag("report_log", _nonempty, "append one JSON object per pin violation to this file",
+         "PATH"),
+    Flag("workers", _workers, "proxy processes sharing the port, one per core (default: 1)", "N"),
+    Flag("log_level", _choice("debug", "info", "warning", "error"), "default: %(default)s",
+         choices=("debug", "info", "warning", "error")),
+    Flag("log_format", _choice("text", "json"),
+         "json: one object per line on stderr (default: %(default)s)", choices=("text", "json")),
+    Flag("admin_listen", _admin_listen,
+         "serve /healthz, /readyz, /metrics and /pinset here; 'off' disables it "
+         "(default: %(default)s)", "HOST:PORT"),
+    Flag("proxy_auth", _nonempty,
+         "clients must authenticate: 'user:pass' or '@path/to/htpasswd'", "SPEC"),
+    Flag("allow_unauthenticated", None, "listen beyond loopback without --proxy-auth"),
+    Flag("drain_timeout", _drain_timeout,
+         "on SIGTERM, how long in-flight requests may finish (default: %(default)s)", "SECONDS"),
+)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser("run", help="start the proxy")
-    parser.add_argument("--pinset", default=_DEFAULTS.pinset, metavar="PATH",
-                        help="pinset YAML (default: %(default)s)")
-    parser.add_argument("--listen-host", default=_DEFAULTS.listen_host,
-                        help="default: %(default)s")
-    parser.add_argument("--listen-port", type=port, default=_DEFAULTS.listen_port,
-                        help="default: %(default)s")
-    parser.add_argument("--confdir", default=_DEFAULTS.confdir, metavar="DIR",
-                        help="directory of the proxy's CA (default: %(default)s)")
-    parser.add_argument("--upstream-ca", metavar="PEM",
-                        help="trust only these CA certificates upstream "
-                             "(replaces the default bundle)")
-    parser.add_argument("--report-log", metavar="PATH",
-                        help="append one JSON object per pin violation to this file")
-    parser.add_argument("--workers", type=_workers, default=_DEFAULTS.workers, metavar="N",
-                        help="proxy processes sharing the port, one per core (default: 1)")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
-                        default=_DEFAULTS.log_level, help="default: %(default)s")
+    parser = commands.add_parser(
+        "run", help="start the proxy",
+        epilog=f"Every flag can also be given as {ENV_PREFIX}<FLAG> (e.g. "
+               f"{ENV_PREFIX}LISTEN_PORT); a flag on the command line wins over its variable.")
+    for flag in FLAGS:
+        # default None: "not on the command line", so _config can tell a flag from a default
+        if flag.parse is None:
+            parser.add_argument(flag.option, action="store_const", const=True, default=None,
+                                help=flag.help)
+        else:
+            parser.add_argument(flag.option, type=_for_argparse(flag.parse), default=None,
+                                metavar=flag.metavar or "{" + ",".join(flag.choices) + "}",
+                                help=flag.help.replace("%(default)s", str(flag.default)))
     parser.add_argument("-v", "--verbose", dest="log_level", action="store_const", const="debug",
                         help="the same as --log-level debug")
-    parser.add_argument("--log-format", choices=("text", "json"), default=_DEFAULTS.log_format,
-                        help="json: one object per line on stderr (default: %(default)s)")
-    parser.add_argument("--admin-listen", default=_DEFAULTS.admin_listen, metavar="HOST:PORT",
-                        help="serve /healthz, /readyz, /metrics and /pinset here; 'off' disables"
-                             " it (default: %(default)s)")
-    parser.add_argument("--proxy-auth", metavar="SPEC",
-                        help="clients must authenticate: 'user:pass' or '@path/to/htpasswd'")
-    parser.add_argument("--allow-unauthenticated", action="store_true",
-                        help="listen beyond loopback without --proxy-auth")
-    parser.add_argument("--drain-timeout", type=float, default=_DEFAULTS.drain_timeout,
-                        metavar="SECONDS",
-                        help="on SIGTERM, how long in-flight requests may finish "
-                             "(default: %(default)s)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # "i/N": started by --workers
     parser.set_defaults(command=run)
 
 
-def _workers(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 64:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers (1-64)")
-    return int(text)
+def _for_argparse(parse: Callable[[str], object]) -> Callable[[str], object]:
+    def convert(text: str) -> object:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{text[:100]!r} {e}") from None
+    return convert
+
+
+def from_environment(environ: Mapping[str, str]) -> dict[str, object]:
+    """The settings the `PINPROXY_` variables give; a bad value is a `PinproxyError` naming it.
+
+    An empty variable counts as unset (`PINPROXY_PROXY_AUTH=` in a compose file means "none").
+    """
+    values: dict[str, object] = {}
+    for flag in FLAGS:
+        text = environ.get(flag.variable, "")
+        if not text:
+            continue
+        try:
+            values[flag.name] = (flag.parse or _boolean)(text)
+        except ValueError as e:
+            raise PinproxyError(f"{flag.variable}={text[:100]!r} {e}") from None
+    return values
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """`PINPROXY_` variables no flag reads: a typo (`PINPROXY_PINSETS`) must not pass silently."""
+    known = {flag.variable for flag in FLAGS}
+    return sorted(name for name in environ if name.startswith(ENV_PREFIX) and name not in known)
+
+
+def environment_table() -> str:
+    """The Markdown table of docs/configuration.md, from the same rows as the flags."""
+    rows = ["| Variable | Flag | Default | Meaning |", "|---|---|---|---|"]
+    for flag in FLAGS:
+        default = flag.default
+        shown = "-" if default is None else ("0" if default is False else str(default))
+        meaning = flag.help.split(" (default:")[0].replace("%(default)s", shown)
+        if flag.parse is None:
+            meaning += " (1/0, true/false, yes/no)"
+        elif flag.choices:
+            meaning = f"one of {', '.join(flag.choices)}" + (
+                "" if meaning.startswith("default:") else f"; {meaning}")
+        if meaning.startswith("default:"):
+            meaning = ""
+        rows.append(f"| `{flag.variable}` | `{flag.option}` | `{shown}` | {meaning} |")
+    return "\n".join(rows) + "\n"
 
 
 def run(args: argparse.Namespace) -> int:
     if args.worker is not None:  # started by --workers: the whole configuration is on stdin
         return _serve(RunConfig.from_json(sys.stdin.read()), worker=args.worker)
-    config = _config(args)
+    config = _config(args, os.environ)
     ensure_ca(config.confdir)  # before any worker starts, else each would make its own CA
     if config.workers > 1:
         return _supervise(config)
     return _serve(config)
 
 
-def _config(args: argparse.Namespace) -> RunConfig:
-    """The validated run configuration: the one value every part of the proxy reads."""
-    if args.upstream_ca:
+def _config(args: argparse.Namespace, environ: Mapping[str, str]) -> RunConfig:
+    """The validated run configuration: the one value every part of the proxy reads.
+
+    Each setting comes from its flag, else its `PINPROXY_` variable, else its default.
+    """
+    if unknown := unknown_variables(environ):
+        print(f"pinproxy: warning: ignoring unknown variable(s) {', '.join(unknown)} "
+              f"(run settings are {ENV_PREFIX}<FLAG>; see 'pinproxy run --help')",
+              file=sys.stderr)
+    settings = {flag.name: flag.default for flag in FLAGS}
+    settings.update(from_environment(environ))
+    settings.update({flag.name: getattr(args, flag.name) for flag in FLAGS
+                     if getattr(args, flag.name) is not None})
+    config = RunConfig(**settings)  # type: ignore[arg-type]  # each parse gives its field's type
+    if config.upstream_ca:
         try:  # the check `pin` and `check --live` use: CA certificates OpenSSL can load
-            check_ca_file(args.upstream_ca)
+            check_ca_file(config.upstream_ca)
         except PinproxyError as e:
-            raise PinproxyError(f"--upstream-ca {e}") from None
-    return RunConfig(pinset=args.pinset, listen_host=args.listen_host,
-                     listen_port=args.listen_port, confdir=args.confdir,
-                     upstream_ca=args.upstream_ca, report_log=args.report_log,
-                     workers=args.workers, log_level=args.log_level,
-                     log_format=args.log_format, admin_listen=args.admin_listen,
-                     proxy_auth=args.proxy_auth, allow_unauthenticated=args.allow_unauthenticated,
-                     drain_timeout=args.drain_timeout)
+            source = "--upstream-ca" if args.upstream_ca is not None else "PINPROXY_UPSTREAM_CA"
+            raise PinproxyError(f"{source} {e}") from None
+    _refuse_open_proxy(config)
+    return config
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or `localhost`; no other name is resolved (it could resolve anywhere)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _refuse_open_proxy(config: RunConfig) -> None:
+    """An open proxy is an egress hole for anyone who can reach the port: refuse one by default."""
+    if config.proxy_auth or is_loopback(config.listen_host):
+        return
+    if not config.allow_unauthenticated:
+        raise PinproxyError(
+            f"refusing to listen on {config.listen_host} without --proxy-auth: anyone who can "
+            "reach the port could use this proxy; give --proxy-auth, or --allow-unauthenticated "
+            "to accept that")
+    log.warning("listening on %s without --proxy-auth (--allow-unauthenticated): anyone who can "
+                "reach the port can use this proxy", config.listen_host)
 
 
 def _serve(config: RunConfig, worker: str = "") -> int:
@@ -131,3 +308,4 @@ def _supervise(config: RunConfig) -> int:
         command = [sys.executable, "-m", "pinproxy", "run", "--worker"]
         return supervise([[*command, f"{i}/{config.workers}"]
                           for i in range(1, config.workers + 1)], shared.to_json())
+
