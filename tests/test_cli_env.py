@@ -134,6 +134,18 @@ def test_an_unusable_upstream_ca_names_where_it_came_from(tmp_path: Path) -> Non
         config("--upstream-ca", str(junk), PINPROXY_UPSTREAM_CA=str(junk))
 
 
+def test_a_bad_proxy_auth_is_refused_once_before_any_worker_naming_where_it_came_from(
+        tmp_path: Path) -> None:
+    with pytest.raises(PinproxyError, match=r"^PINPROXY_PROXY_AUTH: the password of user 'alice'"):
+        config(PINPROXY_PROXY_AUTH="alice:")
+    with pytest.raises(PinproxyError, match=r"^--proxy-auth: the password of user 'alice'"):
+        config("--proxy-auth", "alice:")
+    missing = tmp_path / "htpasswd"
+    with pytest.raises(PinproxyError, match=f"^{missing}: cannot read htpasswd file"):
+        config("--proxy-auth", f"@{missing}")
+    assert config("--proxy-auth", "alice:s3:cret").proxy_auth == "alice:s3:cret"  # twin
+
+
 def test_unknown_variables_are_named_in_one_warning(capsys: pytest.CaptureFixture[str]) -> None:
     assert config(PINPROXY_PINSETS="/x", PINPROXY_LISTENPORT="1", PINPROXYX="2") == RunConfig()
     err = capsys.readouterr().err

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pinproxy.commands._args import port
 from pinproxy.config import RunConfig, host_and_port
+from pinproxy.credentials import parse_proxy_auth
 from pinproxy.errors import PinproxyError
 from pinproxy.loader import load_pinset
 from pinproxy.pinset import Pinset
@@ -243,6 +244,14 @@ def _config(args: argparse.Namespace, environ: Mapping[str, str]) -> RunConfig:
         except PinproxyError as e:
             source = "--upstream-ca" if args.upstream_ca is not None else "PINPROXY_UPSTREAM_CA"
             raise PinproxyError(f"{source} {e}") from None
+    if config.proxy_auth:  # once here, not once per worker; the workers parse it again
+        try:
+            parse_proxy_auth(config.proxy_auth)
+        except PinproxyError as e:
+            if args.proxy_auth is None:
+                raise PinproxyError(str(e).replace("--proxy-auth", "PINPROXY_PROXY_AUTH")) \
+                    from None
+            raise
     _refuse_open_proxy(config)
     return config
 
