@@ -58,6 +58,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                         help="on SIGTERM, how long in-flight requests may finish "
                              "(default: %(default)s)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # "i/N": started by --workers
+    parser.add_argument("--status-fd", type=int, help=argparse.SUPPRESS)  # a worker's "ready" pipe
     parser.set_defaults(command=run)
 
 
@@ -69,7 +70,8 @@ def _workers(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.worker is not None:  # started by --workers: the whole configuration is on stdin
-        return _serve(RunConfig.from_json(sys.stdin.read()), worker=args.worker)
+        return _serve(RunConfig.from_json(sys.stdin.read()), worker=args.worker,
+                      status_fd=args.status_fd)
     config = _config(args)
     ensure_ca(config.confdir)  # before any worker starts, else each would make its own CA
     if config.workers > 1:
@@ -93,13 +95,14 @@ def _config(args: argparse.Namespace) -> RunConfig:
                      drain_timeout=args.drain_timeout)
 
 
-def _serve(config: RunConfig, worker: str = "") -> int:
+def _serve(config: RunConfig, worker: str = "", status_fd: int | None = None) -> int:
     from pinproxy.proxy.serve import serve
 
     # The process is the proxy's: a pinset loading in a thread must hand the GIL back to the
     # event loop often (the default 5 ms switch interval holds traffic for long stretches).
     sys.setswitchinterval(_SWITCH_INTERVAL)
-    return asyncio.run(serve(config, worker, load=load_without_full_collections))
+    return asyncio.run(serve(config, worker, load=load_without_full_collections,
+                             status_fd=status_fd))
 
 
 def load_without_full_collections(path: str | Path) -> Pinset:
