@@ -123,14 +123,23 @@ def load_without_full_collections(path: str | Path) -> Pinset:
 
 def _supervise(config: RunConfig) -> int:
     """Check what every worker would check, once, then start the workers on one port."""
-    from pinproxy.proxy.workers import reserve_port, supervise, validate_pinset
+    from pinproxy.proxy.workers import (
+        metrics_directory,
+        reserve_port,
+        supervise,
+        validate_pinset,
+    )
 
     # A bad pinset: one set of messages, not one per worker. Checked in a child process, so the
     # supervisor does not keep a parsed pinset (up to 100+ MB) that it never uses.
     if code := validate_pinset(config.pinset):
         return code
-    with reserve_port(config.listen_host, config.listen_port) as reserved:
-        shared = replace(config, listen_port=reserved.getsockname()[1])
+    with (metrics_directory() as metrics_dir,
+          reserve_port(config.listen_host, config.listen_port) as reserved):
+        # The supervisor alone serves the admin endpoint: workers never bind it.
+        shared = replace(config, listen_port=reserved.getsockname()[1], admin_listen="off")
         command = [sys.executable, "-m", "pinproxy", "run", "--worker"]
         return supervise([[*command, f"{i}/{config.workers}"]
-                          for i in range(1, config.workers + 1)], shared.to_json())
+                          for i in range(1, config.workers + 1)], shared.to_json(),
+                         pinset=config.pinset, drain_timeout=config.drain_timeout,
+                         admin=config.admin_address, metrics_dir=metrics_dir)
