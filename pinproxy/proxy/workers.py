@@ -171,7 +171,8 @@ class Supervisor:
         self._stopping: int | None = None  # the signal that stops the supervisor
         self._stop_now = False  # a second SIGTERM, or SIGINT: relay at once
         self._reload = False
-        self._all_ready_once = False
+        self._all_ready_once = False  # every worker has been ready: the service is up
+        self._any_ready_once = False  # some worker has been ready: the configuration works
         self._pinset_info: Mapping[str, Any] | None = None
         self._restarts = Counter("pinproxy_worker_restarts_total",
                                  "Workers the supervisor restarted after they died",
@@ -226,7 +227,7 @@ class Supervisor:
         try:
             while self._stopping is None:
                 self._tick()
-                if (not self._all_ready_once and all(
+                if (not self._any_ready_once and all(
                         w.process is None and w.restart_at is not None for w in self._workers)):
                     return self._give_up()
             return self._stop()
@@ -302,7 +303,7 @@ class Supervisor:
         while b"\n" in worker.buffer:
             line, _, worker.buffer = worker.buffer.partition(b"\n")
             if line == b"ready":
-                worker.ready = True
+                worker.ready = self._any_ready_once = True
 
     def _died(self, worker: _Worker, now: float) -> None:
         from prometheus_client import multiprocess
@@ -322,8 +323,7 @@ class Supervisor:
                        worker.label, pid, how, worker.delay)
         worker.restart_at = now + worker.delay
         worker.delay = min(worker.delay * 2, _MAX_DELAY)
-        if self._all_ready_once:
-            self._restarts.inc()
+        self._restarts.inc()
 
     def _close_status(self, worker: _Worker) -> None:
         if worker.status is not None:
