@@ -120,6 +120,8 @@ def start_pinproxy(pinset: Path, confdir: Path, upstream_ca: Path, *extra: str,
                    report_log: Path | None = None) -> Proxy:
     if report_log is not None:
         extra = (*extra, "--report-log", str(report_log))
+    if "--admin-listen" not in extra:  # never the fixed default port: tests run side by side
+        extra = (*extra, "--admin-listen", "127.0.0.1:0")
     return start(pinproxy_command(
         "run", "--pinset", str(pinset), "--listen-port", "0", "--confdir", str(confdir),
         "--upstream-ca", str(upstream_ca), *extra), confdir, report_log=report_log)

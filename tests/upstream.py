@@ -671,3 +671,19 @@ class UpstreamServer(_RecordingServer):
         ):
             return ws.send(event.response())
         return b""
+
+
+class SlowUpstreamServer(UpstreamServer):
+    """An HTTP/1.1 `UpstreamServer` that waits `delay` seconds before each response: a request
+    stays in flight through the proxy that long. `request_arrived` is set at the first one."""
+
+    def __init__(self, cert: trustme.LeafCert | ServerChain, delay: float,
+                 name: str = "slow", *, io_timeout: float = 30.0) -> None:
+        super().__init__(cert, "http1", name, io_timeout=io_timeout)
+        self.delay = delay
+        self.request_arrived = threading.Event()
+
+    def _response_body(self) -> bytes:
+        self.request_arrived.set()
+        time.sleep(self.delay)
+        return b"slow " * 1000 + b"done\n"

@@ -161,6 +161,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("-v", "--verbose", dest="log_level", action="store_const", const="debug",
                         help="the same as --log-level debug")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # "i/N": started by --workers
+    parser.add_argument("--status-fd", type=int, help=argparse.SUPPRESS)  # a worker's "ready" pipe
     parser.set_defaults(command=run)
 
 
@@ -216,7 +217,8 @@ def environment_table() -> str:
 
 def run(args: argparse.Namespace) -> int:
     if args.worker is not None:  # started by --workers: the whole configuration is on stdin
-        return _serve(RunConfig.from_json(sys.stdin.read()), worker=args.worker)
+        return _serve(RunConfig.from_json(sys.stdin.read()), worker=args.worker,
+                      status_fd=args.status_fd)
     config = _config(args, os.environ)
     ensure_ca(config.confdir)  # before any worker starts, else each would make its own CA
     if config.workers > 1:
@@ -279,13 +281,14 @@ def _refuse_open_proxy(config: RunConfig) -> None:
                 "reach the port can use this proxy", config.listen_host)
 
 
-def _serve(config: RunConfig, worker: str = "") -> int:
+def _serve(config: RunConfig, worker: str = "", status_fd: int | None = None) -> int:
     from pinproxy.proxy.serve import serve
 
     # The process is the proxy's: a pinset loading in a thread must hand the GIL back to the
     # event loop often (the default 5 ms switch interval holds traffic for long stretches).
     sys.setswitchinterval(_SWITCH_INTERVAL)
-    return asyncio.run(serve(config, worker, load=load_without_full_collections))
+    return asyncio.run(serve(config, worker, load=load_without_full_collections,
+                             status_fd=status_fd))
 
 
 def load_without_full_collections(path: str | Path) -> Pinset:
@@ -306,15 +309,23 @@ def load_without_full_collections(path: str | Path) -> Pinset:
 
 def _supervise(config: RunConfig) -> int:
     """Check what every worker would check, once, then start the workers on one port."""
-    from pinproxy.proxy.workers import reserve_port, supervise, validate_pinset
+    from pinproxy.proxy.workers import (
+        metrics_directory,
+        reserve_port,
+        supervise,
+        validate_pinset,
+    )
 
     # A bad pinset: one set of messages, not one per worker. Checked in a child process, so the
     # supervisor does not keep a parsed pinset (up to 100+ MB) that it never uses.
     if code := validate_pinset(config.pinset):
         return code
-    with reserve_port(config.listen_host, config.listen_port) as reserved:
-        shared = replace(config, listen_port=reserved.getsockname()[1])
+    with (metrics_directory() as metrics_dir,
+          reserve_port(config.listen_host, config.listen_port) as reserved):
+        # The supervisor alone serves the admin endpoint: workers never bind it.
+        shared = replace(config, listen_port=reserved.getsockname()[1], admin_listen="off")
         command = [sys.executable, "-m", "pinproxy", "run", "--worker"]
         return supervise([[*command, f"{i}/{config.workers}"]
-                          for i in range(1, config.workers + 1)], shared.to_json())
-
+                          for i in range(1, config.workers + 1)], shared.to_json(),
+                         pinset=config.pinset, drain_timeout=config.drain_timeout,
+                         admin=config.admin_address, metrics_dir=metrics_dir)

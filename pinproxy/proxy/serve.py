@@ -5,25 +5,29 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 from collections.abc import Callable
 
 from mitmproxy import exceptions, options
 
+from pinproxy.admin import Readiness
 from pinproxy.config import RunConfig
 from pinproxy.errors import PinproxyError
 from pinproxy.loader import load_pinset
 from pinproxy.pinset import Pinset
 from pinproxy.proxy.addon import Pinning
+from pinproxy.proxy.drain import Drain
 from pinproxy.proxy.master import build_master
 
 __all__ = ["serve"]
 
 
 async def serve(config: RunConfig, worker: str = "",
-                load: Callable[[str], Pinset] = load_pinset) -> int:
+                load: Callable[[str], Pinset] = load_pinset, status_fd: int | None = None) -> int:
     """Serve until a signal stops the proxy. `worker` ("i/N") marks one of `--workers N`;
-    `load` reads a pinset file (the run command's, tuned for the process it owns)."""
+    `load` reads a pinset file (the run command's, tuned for the process it owns);
+    `status_fd`, a worker's pipe to its supervisor, gets "ready" once the proxy serves."""
     logging.getLogger("pinproxy").setLevel(config.log_level.upper())
     if worker:
         from pinproxy.proxy.workers import enable_reuse_port
@@ -32,6 +36,10 @@ async def serve(config: RunConfig, worker: str = "",
     opts = options.Options()
     addon = Pinning(label=f"worker {worker}" if worker else "", load=load)
     master = build_master(opts, addon, config.proxy_auth)
+    # -- readiness and drain (SIGTERM: drain, then stop; a second SIGTERM or SIGINT: stop now)
+    readiness = Readiness()
+    drain = Drain(readiness, on_ready=lambda: _report_ready(status_fd))
+    master.addons.add(drain)
     try:
         # Set every option in one update, after all addons are added: each addon's configure
         # then sees the final values together (and ours can refuse a bypassing combination).
@@ -52,8 +60,22 @@ async def serve(config: RunConfig, worker: str = "",
             raise e.__cause__ from None
         raise PinproxyError(str(e)) from None
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, master.shutdown)
+    draining: list[asyncio.Task[None]] = []
+
+    async def drain_then_stop() -> None:
+        try:
+            await drain.drain(config.drain_timeout)
+        finally:
+            master.shutdown()
+
+    def terminate() -> None:  # SIGTERM: drain first; SIGTERM again: stop at once
+        if draining:
+            master.shutdown()
+        else:
+            draining.append(loop.create_task(drain_then_stop()))
+
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    loop.add_signal_handler(signal.SIGINT, master.shutdown)  # Ctrl-C: at once
     reloads: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
 
     def reload() -> None:  # SIGHUP; a bad file is logged and the old pinset stays
@@ -69,3 +91,13 @@ async def serve(config: RunConfig, worker: str = "",
     gc.freeze()
     await master.run()
     return 0
+
+
+def _report_ready(status_fd: int | None) -> None:
+    """Tell the supervisor this worker serves (one line down the pipe it passed)."""
+    if status_fd is None:
+        return
+    try:
+        os.write(status_fd, b"ready\n")
+    except OSError as e:  # the supervisor is gone: nothing to tell
+        logging.getLogger(__name__).debug("could not report readiness: %s", e)
