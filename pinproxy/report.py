@@ -17,9 +17,10 @@ from typing import Any
 
 from pinproxy.files import write_all
 from pinproxy.pins import CertificatePins, PinKind
+from pinproxy.pinset import Pinset
 from pinproxy.policy import Decision, Reason
 
-__all__ = ["ReportLog", "log_line", "refusal_page", "violation_record"]
+__all__ = ["ReportLog", "log_line", "pinset_summary", "refusal_page", "violation_record"]
 
 _BARE = re.compile(r"[\w.:/*\[\]-]+")
 _EXPLANATIONS = {
@@ -111,6 +112,29 @@ def violation_record(
         "action": decision.action.value,
         "reason": decision.reason.value,
         "rule": str(rule.location) if rule else None,
+    }
+
+
+def pinset_summary(pinset: Pinset, path: str | None, sha256: str | None,
+                   loaded_at: dt.datetime | None) -> dict[str, Any]:
+    """The pinset in force as the admin endpoint's /pinset shows it: what an operator needs to
+    tell which file, which version of it, and which rules this process enforces."""
+    return {
+        "source": path if path is not None else pinset.source,
+        "sha256": sha256,
+        "loaded_at": (loaded_at.astimezone(dt.UTC).isoformat(timespec="seconds")
+                      if loaded_at is not None else None),
+        "mode": pinset.mode.value,
+        "unpinned": pinset.unpinned.value,
+        "pin_count": pinset.pin_count,
+        "rules": [{
+            "host": rule.host,
+            "include_subdomains": rule.include_subdomains,
+            "mode": rule.mode.value,
+            "pins": [str(pin) for pin in rule.pins],
+            "expires": rule.expires.isoformat() if rule.expires is not None else None,
+            "location": str(rule.location),
+        } for rule in pinset.rules],
     }
 
 

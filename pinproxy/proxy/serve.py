@@ -6,10 +6,13 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from mitmproxy import exceptions, options
 
+from pinproxy import metrics
+from pinproxy.admin import AdminServer
 from pinproxy.config import RunConfig
 from pinproxy.errors import PinproxyError
 from pinproxy.loader import load_pinset
@@ -62,10 +65,43 @@ async def serve(config: RunConfig, worker: str = "",
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
+    admin = _start_admin(config, addon) if not worker else None
     # What start-up made, the pinset above all, lives as long as the process (or until a
     # reload): out of the cycle collector's full scans, which would walk a big pinset's
     # objects each time with traffic held (docs/performance.md).
     gc.collect()
     gc.freeze()
-    await master.run()
+    try:
+        await master.run()
+    finally:
+        if admin is not None:
+            admin.close()
     return 0
+
+
+class _AdminView:
+    """What the admin endpoint shows of this process (a `pinproxy.admin.AdminSource`)."""
+
+    def __init__(self, addon: Pinning) -> None:
+        self._addon = addon
+
+    def not_ready(self) -> str | None:
+        return self._addon.readiness.not_ready()
+
+    def metrics(self) -> tuple[bytes, str]:
+        return metrics.exposition()
+
+    def pinset(self) -> Mapping[str, Any] | None:
+        return self._addon.summary
+
+
+def _start_admin(config: RunConfig, addon: Pinning) -> AdminServer | None:
+    """The admin endpoint of a single-process proxy (the `--workers` supervisor serves its own);
+    a port that cannot be bound raises `PinproxyError`."""
+    address = config.admin_address
+    if address is None:
+        return None
+    admin = AdminServer(*address, _AdminView(addon))
+    host, port = admin.address
+    addon.admin_url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    return admin
