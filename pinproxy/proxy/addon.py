@@ -48,7 +48,14 @@ from pinproxy.policy import (
 )
 from pinproxy.proxy._openssl import verify_error_text, x509_pins
 from pinproxy.reloading import CurrentPinset
-from pinproxy.report import ReportLog, log_line, pinset_summary, refusal_page, violation_record
+from pinproxy.report import (
+    ReportLog,
+    decision_fields,
+    log_line,
+    pinset_summary,
+    refusal_page,
+    violation_record,
+)
 
 __all__ = ["Pinning"]
 
@@ -217,9 +224,9 @@ class Pinning:
                                rule.host, rule.location, rule.expires)
         if decision.action is Action.ALLOW:
             self._checked.add(server)
-            logger.debug(log_line(decision, port))
+            _log_decision(decision, port)
             return
-        logger.warning(log_line(decision, port))
+        _log_decision(decision, port)
         self._write_report(decision, port, served)
         if decision.proceeds:
             self._checked.add(server)
@@ -232,7 +239,7 @@ class Pinning:
         self._refusals.setdefault(client, {})[server.id] = decision
         if log:  # a refusal not decided by the verify callback: count it here
             metrics.record_decision(decision)
-            logger.warning(log_line(decision, server.address[1] if server.address else None))
+            _log_decision(decision, server.address[1] if server.address else None)
 
     def _write_report(self, decision: Decision, port: int | None,
                       served: Callable[[], list[CertificatePins]]) -> None:
@@ -264,7 +271,7 @@ class Pinning:
         if decision is None or decision.action is Action.ALLOW:
             return
         metrics.record_decision(decision)
-        logger.warning(log_line(decision, request.port))
+        _log_decision(decision, request.port)
         self._write_report(decision, request.port, list)
         if not decision.proceeds:
             _refuse_request(flow, decision)
@@ -289,7 +296,7 @@ class Pinning:
                     return
                 if refusal.action is not Action.ALLOW:
                     metrics.record_decision(refusal)
-                    logger.warning(log_line(refusal, port))
+                    _log_decision(refusal, port)
                     self._write_report(refusal, port, list)
                 if refusal.proceeds:
                     return
@@ -303,6 +310,16 @@ class Pinning:
         """The refusal recorded for this client's handshake with `server`, if any."""
         refusals = self._refusals.get(client)
         return refusals.get(server.id) if refusals else None
+
+
+def _log_decision(decision: Decision, port: int | None) -> None:
+    """The one canonical line of a decision: allowed at INFO, reported or blocked at WARNING;
+    the fields of the JSON record and the text line are the same, made once."""
+    level = logging.INFO if decision.action is Action.ALLOW else logging.WARNING
+    if not logger.isEnabledFor(level):
+        return
+    fields = decision_fields(decision, port)
+    logger.log(level, log_line(decision, port, fields), extra={"event": "decision", **fields})
 
 
 def _check_soon_that_pinning_is_active() -> None:

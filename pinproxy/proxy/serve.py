@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import logging
 import signal
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from mitmproxy import exceptions, options
+from mitmproxy import exceptions, log, options
 
-from pinproxy import metrics
+from pinproxy import logs, metrics
 from pinproxy.admin import AdminServer
 from pinproxy.config import RunConfig
 from pinproxy.errors import PinproxyError
@@ -27,7 +26,7 @@ async def serve(config: RunConfig, worker: str = "",
                 load: Callable[[str], Pinset] = load_pinset) -> int:
     """Serve until a signal stops the proxy. `worker` ("i/N") marks one of `--workers N`;
     `load` reads a pinset file (the run command's, tuned for the process it owns)."""
-    logging.getLogger("pinproxy").setLevel(config.log_level.upper())
+    logs.configure(config.log_level, config.log_format, text=log.MitmFormatter(colorize=False))
     if worker:
         from pinproxy.proxy.workers import enable_reuse_port
 
@@ -46,7 +45,6 @@ async def serve(config: RunConfig, worker: str = "",
             connection_strategy="eager",
             http3=False,
             ssl_verify_upstream_trusted_ca=config.upstream_ca,
-            termlog_verbosity=config.log_level.replace("warning", "warn"),
             pinset=config.pinset,
             pinset_report_log=config.report_log or "",
         )
