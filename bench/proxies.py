@@ -115,7 +115,7 @@ def _command(proxy: Variant, setup: ProxySetup, port: int, pinset: Path) -> list
     return [sys.executable, "-m", "pinproxy", "run", "--listen-host", _proc.LOOPBACK,
             "--listen-port", str(port), "--confdir", str(setup.confdir_for(proxy)),
             "--upstream-ca", str(setup.upstream_ca), "--pinset", str(pinset),
-            *proxy.pinproxy_args]
+            "--admin-listen", f"{_proc.LOOPBACK}:0", *proxy.pinproxy_args]
 
 
 def start(proxy: Variant, setup: ProxySetup, pinset: Path, timeout: float = 180.0,

@@ -10,6 +10,8 @@ pinset, while a big pinset is parsed.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from pinproxy.loader import load_pinset
 from pinproxy.pinset import Pinset
 
-__all__ = ["CurrentPinset", "FileSignature", "file_signature"]
+__all__ = ["CurrentPinset", "FileSignature", "file_sha256", "file_signature"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,21 +45,36 @@ def file_signature(path: str) -> FileSignature | None:
     return FileSignature(os.path.abspath(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
 
+def file_sha256(path: str) -> str | None:
+    """The hex SHA-256 of the file's bytes, or None when it cannot be read (the load then fails
+    with the loader's own error)."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
 class CurrentPinset:
     """Owns the pinset in force, the file it came from and that file's signature.
 
     `load` is what reads a file into a `Pinset` (the loader by default; `pinproxy run` passes a
     wrapper that tunes the process around a load). `on_install` is told of every pinset put in
-    force, e.g. to forget what was said about the previous one.
+    force, e.g. to forget what was said about the previous one; `on_failure` of every load that
+    failed (e.g. to count it).
     """
 
     def __init__(self, load: Callable[[str], Pinset] = load_pinset,
-                 on_install: Callable[[Pinset], None] | None = None) -> None:
+                 on_install: Callable[[Pinset], None] | None = None,
+                 on_failure: Callable[[Exception], None] | None = None) -> None:
         self._load = load
         self._on_install = on_install
+        self._on_failure = on_failure
         self.pinset: Pinset | None = None
         self.path: str | None = None
         self.signature: FileSignature | None = None
+        self.sha256: str | None = None  # of the file's bytes as read just before loading
+        self.loaded_at: dt.datetime | None = None
         self._loading = False  # a background load is running
         self._next: str | None = None  # the path asked for while it ran
 
@@ -75,7 +92,13 @@ class CurrentPinset:
         signature = file_signature(path)
         if not force and signature is not None and signature == self.signature:
             return False
-        self._install(self._load(path), path, signature)
+        digest = file_sha256(path)
+        try:
+            pinset = self._load(path)
+        except Exception as e:
+            self._failed(e)
+            raise
+        self._install(pinset, path, signature, digest)
         return True
 
     async def load_in_background(self, path: str) -> None:
@@ -94,16 +117,23 @@ class CurrentPinset:
                 self._next = None
                 signature = file_signature(next_path)  # before reading: a later change reloads
                 try:
+                    digest = await asyncio.to_thread(file_sha256, next_path)
                     pinset = await asyncio.to_thread(self._load, next_path)
                 except Exception as e:  # noqa: BLE001 - a failed reload keeps the old pinset
                     logger.error("pinproxy pinset reload failed: %s%s", e, self.kept_note)
+                    self._failed(e)
                 else:
-                    self._install(pinset, next_path, signature)
+                    self._install(pinset, next_path, signature, digest)
                 next_path = self._next
         finally:
             self._loading = False
 
-    def _install(self, pinset: Pinset, path: str, signature: FileSignature | None) -> None:
+    def _failed(self, error: Exception) -> None:
+        if self._on_failure is not None:
+            self._on_failure(error)
+
+    def _install(self, pinset: Pinset, path: str, signature: FileSignature | None,
+                 digest: str | None) -> None:
         if self.pinset is not None:  # the first load is announced by the proxy's start-up line
             logger.info("pinproxy reloaded pinset %s: %d host rules, %d pins, mode %s, "
                         "unpinned %s", path, len(pinset.rules), pinset.pin_count, pinset.mode,
@@ -111,5 +141,7 @@ class CurrentPinset:
         self.pinset = pinset
         self.path = path
         self.signature = signature
+        self.sha256 = digest
+        self.loaded_at = dt.datetime.now(dt.UTC)
         if self._on_install is not None:
             self._on_install(pinset)

@@ -17,9 +17,17 @@ from typing import Any
 
 from pinproxy.files import write_all
 from pinproxy.pins import CertificatePins, PinKind
+from pinproxy.pinset import Pinset
 from pinproxy.policy import Decision, Reason
 
-__all__ = ["ReportLog", "log_line", "refusal_page", "violation_record"]
+__all__ = [
+    "ReportLog",
+    "decision_fields",
+    "log_line",
+    "pinset_summary",
+    "refusal_page",
+    "violation_record",
+]
 
 _BARE = re.compile(r"[\w.:/*\[\]-]+")
 _EXPLANATIONS = {
@@ -48,20 +56,35 @@ def _value(text: str) -> str:
     return text if _BARE.fullmatch(text) else json.dumps(text)
 
 
-def log_line(decision: Decision, port: int | None = None) -> str:
-    """One stable `key=value` line, for a WARNING per refusal or report."""
-    fields = [
-        f"action={decision.action.value}",
-        f"host={_value(decision.host or '-')}",
-        f"port={port if port is not None else '-'}",
-        f"reason={decision.reason.value}",
-        f"rule={_value(_rule_location(decision))}",
-        f"mode={decision.rule.mode.value if decision.rule else '-'}",
-        f"observed={_observed(decision.chain)}",
-    ]
+def decision_fields(decision: Decision, port: int | None = None) -> dict[str, str | int | None]:
+    """The fields of a decision's canonical log record (JSON log) and line (`log_line`)."""
+    fields: dict[str, str | int | None] = {
+        "action": decision.action.value,
+        "host": decision.host or "-",
+        "port": port,
+        "reason": decision.reason.value,
+        "rule": _rule_location(decision),
+        "mode": decision.rule.mode.value if decision.rule else "-",
+        "observed": _observed(decision.chain),
+    }
     if decision.detail:
-        fields.append(f"detail={json.dumps(decision.detail)}")
-    return "pinproxy " + " ".join(fields)
+        fields["detail"] = decision.detail
+    return fields
+
+
+def log_line(decision: Decision, port: int | None = None,
+             fields: dict[str, str | int | None] | None = None) -> str:
+    """One stable `key=value` line: the text form of `decision_fields` (passed when made)."""
+    fields = fields if fields is not None else decision_fields(decision, port)
+    return "pinproxy " + " ".join(f"{key}={_text(key, value)}" for key, value in fields.items())
+
+
+def _text(key: str, value: str | int | None) -> str:
+    if value is None:
+        return "-"
+    if key == "detail":
+        return json.dumps(value)
+    return _value(str(value)) if key in ("host", "rule") else str(value)
 
 
 def refusal_page(decision: Decision) -> str:
@@ -111,6 +134,29 @@ def violation_record(
         "action": decision.action.value,
         "reason": decision.reason.value,
         "rule": str(rule.location) if rule else None,
+    }
+
+
+def pinset_summary(pinset: Pinset, path: str | None, sha256: str | None,
+                   loaded_at: dt.datetime | None) -> dict[str, Any]:
+    """The pinset in force as the admin endpoint's /pinset shows it: what an operator needs to
+    tell which file, which version of it, and which rules this process enforces."""
+    return {
+        "source": path if path is not None else pinset.source,
+        "sha256": sha256,
+        "loaded_at": (loaded_at.astimezone(dt.UTC).isoformat(timespec="seconds")
+                      if loaded_at is not None else None),
+        "mode": pinset.mode.value,
+        "unpinned": pinset.unpinned.value,
+        "pin_count": pinset.pin_count,
+        "rules": [{
+            "host": rule.host,
+            "include_subdomains": rule.include_subdomains,
+            "mode": rule.mode.value,
+            "pins": [str(pin) for pin in rule.pins],
+            "expires": rule.expires.isoformat() if rule.expires is not None else None,
+            "location": str(rule.location),
+        } for rule in pinset.rules],
     }
 
 

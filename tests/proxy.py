@@ -26,6 +26,7 @@ import wsproto.events
 
 REPO = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(r"pinproxy listening on [^;]*?:(\d+)[ ;]")
+_ADMIN = re.compile(r"; admin on http://[^\s]*:(\d+)")
 
 
 @dataclass
@@ -36,12 +37,18 @@ class Proxy:
     confdir: Path
     report_log: Path | None = None
     port: int = 0
+    admin_port: int | None = None  # None when the admin endpoint is off
     _lines: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        assert self.admin_port is not None, "this proxy runs without an admin endpoint"
+        return f"http://127.0.0.1:{self.admin_port}"
 
     @property
     def ca_cert(self) -> Path:
@@ -110,6 +117,8 @@ def start(command: list[str], confdir: Path, cwd: Path = REPO, timeout: float = 
     threading.Thread(target=proxy._drain, daemon=True).start()
     try:
         proxy.port = int(proxy.wait_for_output(_LISTENING.pattern, timeout).group(1))
+        if admin := _ADMIN.search(proxy.output()):
+            proxy.admin_port = int(admin.group(1))
     except AssertionError:
         proxy.__exit__()
         raise
@@ -120,8 +129,8 @@ def start_pinproxy(pinset: Path, confdir: Path, upstream_ca: Path, *extra: str,
                    report_log: Path | None = None) -> Proxy:
     if report_log is not None:
         extra = (*extra, "--report-log", str(report_log))
-    if "--admin-listen" not in extra:  # never the fixed default port: tests run side by side
-        extra = (*extra, "--admin-listen", "127.0.0.1:0")
+    if not any(arg.startswith("--admin-listen") for arg in extra):
+        extra = (*extra, "--admin-listen", "127.0.0.1:0")  # never the fixed default port
     return start(pinproxy_command(
         "run", "--pinset", str(pinset), "--listen-port", "0", "--confdir", str(confdir),
         "--upstream-ca", str(upstream_ca), *extra), confdir, report_log=report_log)

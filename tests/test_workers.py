@@ -71,13 +71,11 @@ def admin_get(proxy: Proxy, path: str) -> tuple[int, str]:
     return response.status_code, response.text
 
 
-def sample(text: str, name: str) -> float:
-    """The value of an unlabelled sample in Prometheus text, 0 when absent."""
-    for family in text_string_to_metric_families(text):
-        for found in family.samples:
-            if found.name == name:
-                return found.value
-    return 0.0
+def sample(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples called `name` that carry `labels`, 0 when there are none."""
+    return sum(found.value for family in text_string_to_metric_families(text)
+               for found in family.samples
+               if found.name == name and labels.items() <= found.labels.items())
 
 
 @pytest.fixture
@@ -174,15 +172,22 @@ def test_the_supervisor_is_not_ready_before_its_workers(pinset: Path, confdir: P
 
 
 @pytest.mark.e2e
-def test_metrics_sum_every_workers_counters(pinset: Path, confdir: Path, pki: TrustedPki,
-                                            serve: Serve, good_leaf: trustme.LeafCert) -> None:
-    server = serve(good_leaf)
+def test_metrics_sum_every_workers_counters(
+        pinset: Path, confdir: Path, pki: TrustedPki, serve: Serve,
+        good_leaf: trustme.LeafCert, rogue_leaf: trustme.LeafCert) -> None:
+    genuine, rogue = serve(good_leaf), serve(rogue_leaf)
     with start_pinproxy(pinset, confdir, pki.ca_bundle, "--workers", "2") as proxy:
         wait_for(lambda: admin_get(proxy, "/readyz")[0] == 200, timeout=15)
-        before = sample(admin_get(proxy, "/metrics")[1], "pinproxy_checks_total")
-        assert [curl(proxy, "root.pinned.test", server.port).status
+        before = admin_get(proxy, "/metrics")[1]
+        assert [curl(proxy, "root.pinned.test", genuine.port).status
                 for _ in range(10)] == [200] * 10
-        # pinproxy_checks_total comes with the metrics module (issue #9, item 1); until
-        # then this shows only that the scrape works: the sum is checked by the lead's merge.
-        after = sample(admin_get(proxy, "/metrics")[1], "pinproxy_checks_total")
-        assert after - before in (0, 10)
+        assert [curl(proxy, "root.pinned.test", rogue.port).status
+                for _ in range(4)] == [502] * 4  # the refused twin
+        after = admin_get(proxy, "/metrics")[1]
+    for action, sent in (("allowed", 10), ("blocked", 4)):
+        assert sample(after, "pinproxy_checks_total", action=action) \
+            - sample(before, "pinproxy_checks_total", action=action) == sent
+    assert sample(after, "pinproxy_check_duration_seconds_count") \
+        - sample(before, "pinproxy_check_duration_seconds_count") == 14
+    assert sample(after, "pinproxy_pinset_rules") == 1  # every worker loaded the one rule
+    assert sample(after, "pinproxy_pinset_loads_total", result="ok") == 2  # one per worker

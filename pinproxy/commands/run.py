@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from pinproxy import logs
 from pinproxy.commands._args import port
 from pinproxy.config import RunConfig, host_and_port
 from pinproxy.credentials import parse_proxy_auth
@@ -220,6 +221,8 @@ def run(args: argparse.Namespace) -> int:
         return _serve(RunConfig.from_json(sys.stdin.read()), worker=args.worker,
                       status_fd=args.status_fd)
     config = _config(args, os.environ)
+    logs.configure(config.log_level, config.log_format)  # the supervisor's; serve() sets its own
+    _warn_at_start(config, os.environ)
     ensure_ca(config.confdir)  # before any worker starts, else each would make its own CA
     if config.workers > 1:
         return _supervise(config)
@@ -231,10 +234,6 @@ def _config(args: argparse.Namespace, environ: Mapping[str, str]) -> RunConfig:
 
     Each setting comes from its flag, else its `PINPROXY_` variable, else its default.
     """
-    if unknown := unknown_variables(environ):
-        print(f"pinproxy: warning: ignoring unknown variable(s) {', '.join(unknown)} "
-              f"(run settings are {ENV_PREFIX}<FLAG>; see 'pinproxy run --help')",
-              file=sys.stderr)
     settings = {flag.name: flag.default for flag in FLAGS}
     settings.update(from_environment(environ))
     settings.update({flag.name: getattr(args, flag.name) for flag in FLAGS
@@ -258,6 +257,17 @@ def _config(args: argparse.Namespace, environ: Mapping[str, str]) -> RunConfig:
     return config
 
 
+def _warn_at_start(config: RunConfig, environ: Mapping[str, str]) -> None:
+    """What the operator should know but that does not stop the proxy (logged, so JSON logs
+    stay JSON)."""
+    if unknown := unknown_variables(environ):
+        log.warning("ignoring unknown variable(s) %s (run settings are %s<FLAG>; see "
+                    "'pinproxy run --help')", ", ".join(unknown), ENV_PREFIX)
+    if not config.proxy_auth and not is_loopback(config.listen_host):  # allowed by the switch
+        log.warning("listening on %s without --proxy-auth (--allow-unauthenticated): anyone who "
+                    "can reach the port can use this proxy", config.listen_host)
+
+
 def is_loopback(host: str) -> bool:
     """127.0.0.0/8, ::1 or `localhost`; no other name is resolved (it could resolve anywhere)."""
     if host.lower() == "localhost":
@@ -277,8 +287,6 @@ def _refuse_open_proxy(config: RunConfig) -> None:
             f"refusing to listen on {config.listen_host} without --proxy-auth: anyone who can "
             "reach the port could use this proxy; give --proxy-auth, or --allow-unauthenticated "
             "to accept that")
-    log.warning("listening on %s without --proxy-auth (--allow-unauthenticated): anyone who can "
-                "reach the port can use this proxy", config.listen_host)
 
 
 def _serve(config: RunConfig, worker: str = "", status_fd: int | None = None) -> int:

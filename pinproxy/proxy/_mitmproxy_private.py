@@ -12,8 +12,6 @@ no SO_REUSEPORT) or, worse, with an addon chain pinproxy did not build.
 - `AddonManager._configure_all(updated)`: the options-changed receiver that `Master.__init__`
   connects for the manager it creates. `build_master` replaces that manager, so the old one's
   receiver is disconnected (else every option change would be dispatched to it too).
-- `Master._termlog_addon`: the log-printing addon `Master.shutdown` uninstalls. `with_termlog`
-  would add it to the manager `build_master` replaces, so it is set on the new one by hand.
 - `mode_servers.RegularInstance.listen(host, port)`: binds the regular-mode listener with
   `asyncio.start_server(handle_stream, host, port)` and no way to ask for SO_REUSEPORT, which
   `pinproxy run --workers` needs to share one port; it is replaced class-wide in worker processes.
@@ -26,8 +24,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from mitmproxy import addonmanager, hooks, master, options, version
-from mitmproxy.addons import termlog
+from mitmproxy import addonmanager, hooks, options, version
 from mitmproxy.proxy import mode_servers
 
 from pinproxy.errors import PinproxyError
@@ -37,7 +34,6 @@ __all__ = [
     "detach_addon_manager",
     "enable_reuse_port",
     "iter_hooks",
-    "set_termlog",
 ]
 
 CHECKED_VERSION = "12.3.1"
@@ -58,11 +54,6 @@ def detach_addon_manager(opts: options.Options, manager: addonmanager.AddonManag
                            "removed no receiver")
 
 
-def set_termlog(proxy: master.Master, addon: termlog.TermLog) -> None:
-    """Make `addon` the log printer `Master.shutdown` uninstalls."""
-    proxy._termlog_addon = addon
-
-
 def enable_reuse_port() -> None:
     """Make mitmproxy's regular-mode listener bind with SO_REUSEPORT (worker processes only)."""
     check()
@@ -75,7 +66,7 @@ def enable_reuse_port() -> None:
     instance.listen = listen  # type: ignore[method-assign, assignment]
 
 
-def check(manager: type = addonmanager.AddonManager, master_class: type = master.Master,
+def check(manager: type = addonmanager.AddonManager,
           instance: type = mode_servers.RegularInstance) -> None:
     """Raise `PinproxyError` if a private name above is missing or takes other arguments.
 
@@ -85,8 +76,6 @@ def check(manager: type = addonmanager.AddonManager, master_class: type = master
     _require_method(manager, "_configure_all", ["self", "updated"])
     _require_method(instance, "listen", ["self", "host", "port"])
     _require_method(instance, "handle_stream", ["self", "reader", "writer"])
-    if "_termlog_addon" not in getattr(master_class, "__annotations__", {}):
-        raise _unsupported("Master._termlog_addon is gone")
 
 
 def _require_method(owner: type, name: str, parameters: list[str]) -> None:

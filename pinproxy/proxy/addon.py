@@ -16,10 +16,11 @@ import asyncio
 import datetime as dt
 import logging
 import os
+import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy.addonmanager import Loader, traverse
@@ -27,6 +28,8 @@ from mitmproxy.proxy import commands, events, layer, layers
 from mitmproxy.proxy.mode_specs import ProxyMode, RegularMode
 from OpenSSL import SSL, crypto
 
+from pinproxy import metrics
+from pinproxy.admin import Readiness
 from pinproxy.config import DEFAULT_PINSET
 from pinproxy.errors import PinproxyError
 from pinproxy.loader import load_pinset
@@ -45,7 +48,14 @@ from pinproxy.policy import (
 )
 from pinproxy.proxy._openssl import verify_error_text, x509_pins
 from pinproxy.reloading import CurrentPinset
-from pinproxy.report import ReportLog, log_line, refusal_page, violation_record
+from pinproxy.report import (
+    ReportLog,
+    decision_fields,
+    log_line,
+    pinset_summary,
+    refusal_page,
+    violation_record,
+)
 
 __all__ = ["Pinning"]
 
@@ -69,7 +79,11 @@ class Pinning:
     def __init__(self, label: str = "", load: Callable[[str], Pinset] = load_pinset) -> None:
         self.label = label  # e.g. "worker 1/2", shown in the start-up line
         self._expiry_noted: set[Location] = set()
-        self.pinsets = CurrentPinset(load, on_install=lambda _: self._expiry_noted.clear())
+        self.pinsets = CurrentPinset(load, on_install=self._installed,
+                                     on_failure=lambda _: metrics.record_load_failed())
+        self.readiness = Readiness()  # what /readyz reports
+        self.admin_url = ""  # the admin endpoint, named in the start-up line when there is one
+        self.summary: dict[str, Any] | None = None  # what /pinset shows, made once per load
         self._report_log: ReportLog | None = None
         # client -> server id -> refusal, as long as the client connection lives: in eager mode
         # the failed server connection is already closed when the client's request arrives.
@@ -77,6 +91,13 @@ class Pinning:
             weakref.WeakKeyDictionary())
         # server connections whose handshake reached our verdict
         self._checked: weakref.WeakSet[connection.Server] = weakref.WeakSet()
+
+    def _installed(self, pinset: Pinset) -> None:
+        self._expiry_noted.clear()
+        metrics.record_loaded(pinset, self.pinsets.loaded_at)
+        self.summary = pinset_summary(pinset, self.pinsets.path, self.pinsets.sha256,
+                                      self.pinsets.loaded_at)
+        self.readiness.pinset_loaded = True
 
     @property
     def pinset(self) -> Pinset | None:
@@ -145,9 +166,17 @@ class Pinning:
         pinset = self.pinset
         loaded = (f"{len(pinset.rules)} host rules, {pinset.pin_count} pins from {pinset.source}"
                   if pinset else "NO PINSET: refusing every connection")
-        logger.warning("pinproxy listening on %s%s; %s; clients must trust %s",
+        admin = f"; admin on {self.admin_url}" if self.admin_url else ""
+        logger.warning("pinproxy listening on %s%s; %s; clients must trust %s%s",
                        listening or "(nothing)", f" ({self.label})" if self.label else "",
-                       loaded, ca_cert)
+                       loaded, ca_cert, admin)
+        self.readiness.listening = bool(listening)
+
+    def client_connected(self, client: connection.Client) -> None:
+        metrics.record_client_connected()
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        metrics.record_client_disconnected()
 
     def done(self) -> None:
         if self._report_log is not None:
@@ -187,6 +216,7 @@ class Pinning:
         """Called by the verify callback with the decision for one handshake."""
         server = cast(connection.Server, data.conn)
         port = server.address[1] if server.address else None
+        metrics.record_decision(decision)
         for rule in decision.expired:
             if rule.location not in self._expiry_noted:
                 self._expiry_noted.add(rule.location)
@@ -194,9 +224,9 @@ class Pinning:
                                rule.host, rule.location, rule.expires)
         if decision.action is Action.ALLOW:
             self._checked.add(server)
-            logger.debug(log_line(decision, port))
+            _log_decision(decision, port)
             return
-        logger.warning(log_line(decision, port))
+        _log_decision(decision, port)
         self._write_report(decision, port, served)
         if decision.proceeds:
             self._checked.add(server)
@@ -207,8 +237,9 @@ class Pinning:
                 decision: Decision, log: bool = True) -> None:
         self._checked.discard(server)
         self._refusals.setdefault(client, {})[server.id] = decision
-        if log:
-            logger.warning(log_line(decision, server.address[1] if server.address else None))
+        if log:  # a refusal not decided by the verify callback: count it here
+            metrics.record_decision(decision)
+            _log_decision(decision, server.address[1] if server.address else None)
 
     def _write_report(self, decision: Decision, port: int | None,
                       served: Callable[[], list[CertificatePins]]) -> None:
@@ -218,6 +249,7 @@ class Pinning:
             self._report_log.write(
                 violation_record(decision, port, served(), dt.datetime.now(dt.UTC)))
         except OSError as e:
+            metrics.record_report_write_error()
             logger.error("pinproxy could not write report log: %s", e)
 
     # -- what bypasses the handshake -------------------------------------------------------
@@ -240,7 +272,8 @@ class Pinning:
             decision = refuse_on_error(request.host, e)
         if decision is None or decision.action is Action.ALLOW:
             return
-        logger.warning(log_line(decision, request.port))
+        metrics.record_decision(decision)
+        _log_decision(decision, request.port)
         self._write_report(decision, request.port, list)
         if not decision.proceeds:
             _refuse_request(flow, decision)
@@ -264,7 +297,8 @@ class Pinning:
                 if refusal is None:
                     return
                 if refusal.action is not Action.ALLOW:
-                    logger.warning(log_line(refusal, port))
+                    metrics.record_decision(refusal)
+                    _log_decision(refusal, port)
                     self._write_report(refusal, port, list)
                 if refusal.proceeds:
                     return
@@ -278,6 +312,16 @@ class Pinning:
         """The refusal recorded for this client's handshake with `server`, if any."""
         refusals = self._refusals.get(client)
         return refusals.get(server.id) if refusals else None
+
+
+def _log_decision(decision: Decision, port: int | None) -> None:
+    """The one canonical line of a decision: allowed at INFO, reported or blocked at WARNING;
+    the fields of the JSON record and the text line are the same, made once."""
+    level = logging.INFO if decision.action is Action.ALLOW else logging.WARNING
+    if not logger.isEnabledFor(level):
+        return
+    fields = decision_fields(decision, port)
+    logger.log(level, log_line(decision, port, fields), extra={"event": "decision", **fields})
 
 
 def _check_soon_that_pinning_is_active() -> None:
@@ -331,7 +375,11 @@ class _HandshakeCheck:
                 return False
             if depth > 0:
                 return True
+            started = time.perf_counter()
             decision = decide_handshake(self.addon.pinset, self.names, self._chain(), _today())
+            metrics.CHECK_DURATION.observe(time.perf_counter() - started)
+            if decision.rule is not None:
+                _record_leaf(decision, cert)
             self._verdict(conn, decision)
             return decision.proceeds
         except Exception as e:  # noqa: BLE001 - deny-on-error guard: an error fails the handshake
@@ -358,6 +406,22 @@ def _served_chain(conn: SSL.Connection) -> list[CertificatePins]:
     except (SSL.Error, crypto.Error, ValueError) as e:
         logger.debug("pinproxy could not read the served chain for a report: %s", e)
         return []
+
+
+def _record_leaf(decision: Decision, cert: crypto.X509) -> None:
+    """A metric must never change a verdict: an unreadable notAfter is only logged."""
+    try:
+        metrics.record_upstream_leaf(decision.rule, _not_after(cert))
+    except ValueError as e:
+        logger.debug("pinproxy could not read the leaf's notAfter: %s", e)
+
+
+def _not_after(cert: crypto.X509) -> dt.datetime:
+    """The certificate's notAfter from pyOpenSSL's GeneralizedTime `YYYYMMDDhhmmssZ` (no
+    re-parse of the certificate)."""
+    t = cert.get_notAfter() or b""
+    return dt.datetime(int(t[0:4]), int(t[4:6]), int(t[6:8]), int(t[8:10]), int(t[10:12]),
+                       int(t[12:14]), tzinfo=dt.UTC)
 
 
 def _verify_error(errno: int, depth: int) -> str:

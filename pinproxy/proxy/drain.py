@@ -45,14 +45,13 @@ class Drain:
         self._master: Any = None
 
     def running(self) -> None:
-        # Start-up failures (a bad pinset, a port in use) stop mitmproxy before this hook: the
-        # pinset is loaded and the proxy port accepts connections once it runs.
+        # After the pinning addon's `running` (this addon comes later in the chain), which
+        # records the pinset and the listeners in the shared `Readiness`.
         from mitmproxy import ctx
 
         self._master = ctx.master
-        self.readiness.pinset_loaded = True
-        self.readiness.listening = True
-        self._on_ready()
+        if self.readiness.not_ready() is None:
+            self._on_ready()
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         self._flows.add(flow)

@@ -17,7 +17,6 @@ from mitmproxy.addons import (
     errorcheck,
     next_layer,
     proxyserver,
-    termlog,
     tlsconfig,
 )
 
@@ -33,7 +32,9 @@ def build_master(opts: options.Options, pinning: Pinning,
                  proxy_auth: str | None = None) -> master.Master:
     """A Master with the minimal addon chain; `pinning` comes last, after `tlsconfig`.
 
-    Raises `PinproxyError` if mitmproxy or pyOpenSSL no longer has a private name pinproxy uses.
+    No termlog addon: `pinproxy.logs` puts one handler on the root logger for every record,
+    mitmproxy's included (see `serve`). Raises `PinproxyError` if mitmproxy or pyOpenSSL no
+    longer has a private name pinproxy uses.
     """
     _mitmproxy_private.check()
     _openssl.check()
@@ -41,10 +42,7 @@ def build_master(opts: options.Options, pinning: Pinning,
     # Master makes a plain AddonManager, still empty: swap in the one that resolves hooks once.
     _mitmproxy_private.detach_addon_manager(opts, proxy.addons)
     proxy.addons = ResolvedHooks(proxy)
-    termlog_addon = termlog.TermLog()  # what with_termlog=True does, on the new manager
-    _mitmproxy_private.set_termlog(proxy, termlog_addon)
     proxy.addons.add(
-        termlog_addon,
         core.Core(),
         block.Block(),                # refuses clients from public addresses (block_global)
         disable_h2c.DisableH2C(),     # HTTP/2 cleartext upgrades would break the HTTP layer

@@ -7,11 +7,13 @@ import gc
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from mitmproxy import exceptions, options
+from mitmproxy import exceptions, log, options
 
-from pinproxy.admin import Readiness
+from pinproxy import logs, metrics
+from pinproxy.admin import AdminServer
 from pinproxy.config import RunConfig
 from pinproxy.errors import PinproxyError
 from pinproxy.loader import load_pinset
@@ -28,7 +30,7 @@ async def serve(config: RunConfig, worker: str = "",
     """Serve until a signal stops the proxy. `worker` ("i/N") marks one of `--workers N`;
     `load` reads a pinset file (the run command's, tuned for the process it owns);
     `status_fd`, a worker's pipe to its supervisor, gets "ready" once the proxy serves."""
-    logging.getLogger("pinproxy").setLevel(config.log_level.upper())
+    logs.configure(config.log_level, config.log_format, text=log.MitmFormatter(colorize=False))
     if worker:
         from pinproxy.proxy.workers import enable_reuse_port
 
@@ -37,8 +39,7 @@ async def serve(config: RunConfig, worker: str = "",
     addon = Pinning(label=f"worker {worker}" if worker else "", load=load)
     master = build_master(opts, addon, config.proxy_auth)
     # -- readiness and drain (SIGTERM: drain, then stop; a second SIGTERM or SIGINT: stop now)
-    readiness = Readiness()
-    drain = Drain(readiness, on_ready=lambda: _report_ready(status_fd))
+    drain = Drain(addon.readiness, on_ready=lambda: _report_ready(status_fd))
     master.addons.add(drain)
     try:
         # Set every option in one update, after all addons are added: each addon's configure
@@ -51,7 +52,6 @@ async def serve(config: RunConfig, worker: str = "",
             connection_strategy="eager",
             http3=False,
             ssl_verify_upstream_trusted_ca=config.upstream_ca,
-            termlog_verbosity=config.log_level.replace("warning", "warn"),
             pinset=config.pinset,
             pinset_report_log=config.report_log or "",
         )
@@ -84,12 +84,17 @@ async def serve(config: RunConfig, worker: str = "",
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
+    admin = _start_admin(config, addon) if not worker else None
     # What start-up made, the pinset above all, lives as long as the process (or until a
     # reload): out of the cycle collector's full scans, which would walk a big pinset's
     # objects each time with traffic held (docs/performance.md).
     gc.collect()
     gc.freeze()
-    await master.run()
+    try:
+        await master.run()
+    finally:
+        if admin is not None:
+            admin.close()
     return 0
 
 
@@ -101,3 +106,31 @@ def _report_ready(status_fd: int | None) -> None:
         os.write(status_fd, b"ready\n")
     except OSError as e:  # the supervisor is gone: nothing to tell
         logging.getLogger(__name__).debug("could not report readiness: %s", e)
+
+
+class _AdminView:
+    """What the admin endpoint shows of this process (a `pinproxy.admin.AdminSource`)."""
+
+    def __init__(self, addon: Pinning) -> None:
+        self._addon = addon
+
+    def not_ready(self) -> str | None:
+        return self._addon.readiness.not_ready()
+
+    def metrics(self) -> tuple[bytes, str]:
+        return metrics.exposition()
+
+    def pinset(self) -> Mapping[str, Any] | None:
+        return self._addon.summary
+
+
+def _start_admin(config: RunConfig, addon: Pinning) -> AdminServer | None:
+    """The admin endpoint of a single-process proxy (the `--workers` supervisor serves its own);
+    a port that cannot be bound raises `PinproxyError`."""
+    address = config.admin_address
+    if address is None:
+        return None
+    admin = AdminServer(*address, _AdminView(addon))
+    host, port = admin.address
+    addon.admin_url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    return admin

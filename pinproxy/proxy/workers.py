@@ -191,13 +191,9 @@ class Supervisor:
         return None
 
     def metrics(self) -> tuple[bytes, str]:
-        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-        from prometheus_client.multiprocess import MultiProcessCollector
+        from pinproxy.metrics import exposition  # merges the workers' files in this directory
 
-        # Until pinproxy.metrics.exposition() exists: the same, over the workers' directory.
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=self._metrics_dir)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+        return exposition()
 
     def pinset(self) -> Mapping[str, Any] | None:
         return self._pinset_info
