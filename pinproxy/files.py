@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import secrets
 import stat
 from pathlib import Path
-from typing import BinaryIO
 
 __all__ = ["create_exclusively", "open_regular", "read_regular", "replace_atomically",
            "write_all"]
 
 
-def open_regular(path: str | Path) -> BinaryIO:
+def open_regular(path: str | Path) -> io.BufferedReader:
     """Open a regular file for reading; OSError for anything else (FIFO, device, directory).
 
     O_NONBLOCK makes opening a FIFO return at once instead of waiting for a writer; for a regular

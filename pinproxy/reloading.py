@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pinproxy.files import open_regular
 from pinproxy.loader import load_pinset
 from pinproxy.pinset import Pinset
 
@@ -49,7 +50,7 @@ def file_sha256(path: str) -> str | None:
     """The hex SHA-256 of the file's bytes, or None when it cannot be read (the load then fails
     with the loader's own error)."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # never a FIFO: that would block
             return hashlib.file_digest(f, "sha256").hexdigest()
     except OSError:
         return None

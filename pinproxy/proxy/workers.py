@@ -29,7 +29,6 @@ prometheus-client's multiprocess mode over a private directory every worker writ
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import select
@@ -47,6 +46,7 @@ from types import FrameType
 from typing import Any
 
 from pinproxy.errors import PinproxyError
+from pinproxy.reloading import file_sha256
 
 __all__ = ["enable_reuse_port", "metrics_directory", "reserve_port", "supervise",
            "validate_pinset"]
@@ -201,11 +201,9 @@ class Supervisor:
     def _hash_pinset(self) -> None:
         """What /pinset shows: each worker parses the file itself; the supervisor only names it
         and its SHA-256 as read at start-up and at each reload."""
-        try:
-            with open(self._pinset_path, "rb") as f:
-                digest = hashlib.file_digest(f, "sha256").hexdigest()
-        except OSError as e:
-            logger.warning("pinproxy could not read the pinset %s: %s", self._pinset_path, e)
+        digest = file_sha256(self._pinset_path)
+        if digest is None:
+            logger.warning("pinproxy could not read the pinset %s", self._pinset_path)
             return
         self._pinset_info = {"source": self._pinset_path, "sha256": digest,
                              "read_at": datetime.now(UTC).isoformat(),
