@@ -35,6 +35,7 @@ DEPLOY = ROOT / "deploy"
 MANIFESTS = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
 COMPOSE = DEPLOY / "docker-compose.yml"
 KUBERNETES_VERSIONS = ("1.29", "1.37")  # the oldest with native sidecars on by default; newest
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where PyYAML has it
 _VARIABLE = re.compile(r"\bPINPROXY_[A-Z0-9_]+\b")
 
 
@@ -86,7 +87,7 @@ DOCKERFILE = (ROOT / "Dockerfile").read_text()
 
 def documents(path: Path) -> list[dict[str, Any]]:
     with path.open() as f:
-        return [doc for doc in yaml.safe_load_all(f) if doc is not None]
+        return [doc for doc in yaml.load_all(f, Loader=_LOADER) if doc is not None]
 
 
 def pod_specs() -> Iterator[tuple[str, dict[str, Any]]]:
