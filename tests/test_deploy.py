@@ -464,7 +464,11 @@ def test_compose_wires_the_ca() -> None:
     ca_volume = proxy_volumes[env["PINPROXY_CONFDIR"]]
     export = services["ca-export"]
     assert f"{ca_volume}:{env['PINPROXY_CONFDIR']}" in export["volumes"]
-    output = export["entrypoint"][export["entrypoint"].index("-o") + 1]
+    script = shlex.split(export["entrypoint"][-1])
+    assert script[:3] == ["pinproxy", "ca", "export"]
+    assert script[script.index("--confdir") + 1] == env["PINPROXY_CONFDIR"]
+    output = script[-1]  # the temporary file -o wrote, moved into place
+    assert script[script.index("-o") + 1] in script[-3:-1]
     public = {v.split(":")[1]: v.split(":")[0] for v in export["volumes"]}[str(Path(output).parent)]
     app = services["app"]
     app_volumes = {v.split(":")[1]: v for v in app["volumes"]}
