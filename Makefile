@@ -2,7 +2,7 @@
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: run test test-unit lint bench bench-decision clean
+.PHONY: run test test-unit lint bench bench-decision smoke-image clean
 
 $(VENV)/.installed: pyproject.toml
 	"$$(scripts/find-python)" -m venv $(VENV)
@@ -29,6 +29,9 @@ bench: $(VENV)/.installed  ## pinproxy vs plain mitmdump on loopback (needs ngin
 
 bench-decision: $(VENV)/.installed  ## the pin decision alone (~1 min)
 	$(PYTHON) bench/decision.py $(ARGS)
+
+smoke-image:  ## the container image's commands in a fresh venv, no container engine (deploy/smoke-test.sh; ~1-2 min, PyPI)
+	deploy/smoke-test.sh $(ARGS)
 
 clean:
 	rm -rf $(VENV)
