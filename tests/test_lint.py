@@ -250,6 +250,9 @@ def test_a_second_rule_for_one_host_never_applies() -> None:
 @pytest.mark.parametrize(("host", "include"), [
     ("*.co.uk", False), ("com", True), ("*.com", True), ("*.github.io", False),
     ("xn--p1ai", True),  # .рф, an IDNA TLD
+    # on the list since 2021 (Cloudflare Pages), after publicsuffix2's December 2019 copy
+    ("*.pages.dev", False), ("pages.dev", True),
+    ("*.deno.dev", False),  # private section, added 2022
 ])
 def test_patterns_on_a_public_suffix(host: str, include: bool) -> None:
     found = only(lint(pinset(rule(host, include=include)), TODAY), "public-suffix")
@@ -261,13 +264,15 @@ def test_patterns_on_a_public_suffix(host: str, include: bool) -> None:
     ("example.co.uk", True), ("*.example.co.uk", False), ("co.uk", False), ("com", False),
     ("corp", True),  # not on the list: an internal TLD is the operator's own
     ("*.pinned.test", False),
+    ("*.example.pages.dev", False), ("example.pages.dev", True),  # below the newer suffix
+    ("www.ck", True),  # the list's exception to its rule *.ck
 ])
 def test_patterns_below_a_public_suffix_are_fine(host: str, include: bool) -> None:
     assert lint(pinset(rule(host, include=include)), TODAY) == []
 
 
 def test_the_public_suffix_list_is_read_offline() -> None:
-    """publicsuffix2 can download the list; the lint must never: any network use fails here."""
+    """The suffix list package has an updater; the lint must never use it: network use fails."""
     script = textwrap.dedent("""
         import sys
         from datetime import date

@@ -19,7 +19,7 @@ from datetime import date
 from enum import StrEnum
 from functools import cache
 
-from publicsuffix2 import PublicSuffixList  # type: ignore[import-untyped]
+from publicsuffixlist import PublicSuffixList
 
 from pinproxy.hostnames import is_ip_literal
 from pinproxy.pins import Pin, PinKind
@@ -224,20 +224,18 @@ def _public_suffix(rule: HostRule) -> Iterator[Finding]:
 
 @cache
 def _suffix_list() -> PublicSuffixList:
-    """The Public Suffix List vendored inside publicsuffix2, read from disk once.
+    """The Public Suffix List shipped inside publicsuffixlist, read from disk once.
 
-    publicsuffix2 downloads only when `publicsuffix2.fetch()` is called, which we never do:
-    the lint runs offline.
+    The package's updater (`publicsuffixlist.update`) is never run: the lint runs offline, on
+    the list of the installed release. `accept_unknown=False`: a TLD the list does not know
+    (`test`, `internal`) is not a suffix, although the list's default rule `*` would make
+    every unknown TLD one; such a TLD is the operator's own.
     """
-    return PublicSuffixList()
+    return PublicSuffixList(accept_unknown=False)
 
 
 @cache
 def _is_public_suffix(domain: str) -> bool:
-    """True when the list names `domain` itself as a public suffix (`com`, `co.uk`, `github.io`).
-
-    `strict=True`: a TLD the list does not know (`test`, `internal`) is not a suffix here,
-    although the list's default rule would make every unknown TLD one.
-    """
-    suffix: str | None = _suffix_list().get_tld(domain, wildcard=True, strict=True)
-    return suffix == domain
+    """True when the list names `domain` itself as a public suffix (`com`, `co.uk`, `github.io`,
+    and names under a wildcard rule such as `*.ck`, but not its exceptions such as `www.ck`)."""
+    return _suffix_list().is_public(domain)
