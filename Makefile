@@ -2,7 +2,7 @@
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: run test test-unit lint bench bench-decision clean
+.PHONY: run test test-unit lint bench bench-decision mutation clean
 
 $(VENV)/.installed: pyproject.toml
 	"$$(scripts/find-python)" -m venv $(VENV)
@@ -29,6 +29,10 @@ bench: $(VENV)/.installed  ## pinproxy vs plain mitmdump on loopback (needs ngin
 
 bench-decision: $(VENV)/.installed  ## the pin decision alone (~1 min)
 	$(PYTHON) bench/decision.py $(ARGS)
+
+mutation: $(VENV)/.installed  ## mutation testing of the pure core against its unit tests ([tool.mutmut]; docs/testing.md)
+	nice -n 19 $(VENV)/bin/mutmut run $(ARGS)
+	$(VENV)/bin/mutmut results
 
 clean:
 	rm -rf $(VENV)
