@@ -535,3 +535,27 @@ def test_a_plaintext_refusal_keeps_host_rule_and_expired_rules(mode: Mode,
     # twin: without the live parent rule the expired one leaves the host unpinned, allowed
     assert decide_plaintext(pinset(old), "API.example", TODAY) == Decision(
         Action.ALLOW, Reason.NOT_PINNED, HOST, None, (), None, (old,))
+
+
+# -- survivors of `make mutation` (docs/testing.md) ----------------------------------------
+
+def test_decide_handshake_judges_expiry_on_the_day_given() -> None:
+    old = rule(HOST, {BACKUP}, expires=TODAY - timedelta(days=1))
+    lapsed = decide_handshake(pinset(old), [HOST], rogue_chain(), TODAY)
+    assert (lapsed.action, lapsed.reason, lapsed.expired) == (Action.ALLOW, Reason.NOT_PINNED,
+                                                              (old,))
+    # twin: on its last day the same rule still refuses
+    last_day = decide_handshake(pinset(old), [HOST], rogue_chain(), TODAY - timedelta(days=1))
+    assert (last_day.action, last_day.reason) == (Action.BLOCK, Reason.PIN_MISMATCH)
+
+
+def test_a_misdirected_refusal_lists_every_checked_name_comma_separated() -> None:
+    decision = decide_request(PINNED, "https", "b.example", HOST, ("a.example", "B.example."),
+                              TODAY)
+    assert decision is not None and decision.reason is Reason.MISDIRECTED
+    assert decision.detail == ("the request names api.example, but its connection was checked "
+                               "for a.example, b.example")
+
+
+def test_a_plaintext_tunnel_without_a_pinset_names_its_host() -> None:
+    assert decide_tunnel(None, HOST, False, TODAY) == no_pinset(HOST)
