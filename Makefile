@@ -2,7 +2,7 @@
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: run test test-unit lint bench bench-decision smoke-image clean
+.PHONY: run test test-unit lint bench bench-decision smoke-image mutation clean
 
 $(VENV)/.installed: pyproject.toml
 	"$$(scripts/find-python)" -m venv $(VENV)
@@ -32,6 +32,10 @@ bench-decision: $(VENV)/.installed  ## the pin decision alone (~1 min)
 
 smoke-image:  ## the container image's commands in a fresh venv, no container engine (deploy/smoke-test.sh; ~1-2 min, PyPI)
 	deploy/smoke-test.sh $(ARGS)
+
+mutation: $(VENV)/.installed  ## mutation testing of the pure core against its unit tests ([tool.mutmut]; docs/testing.md)
+	nice -n 19 $(VENV)/bin/mutmut run $(ARGS)
+	$(VENV)/bin/mutmut results
 
 clean:
 	rm -rf $(VENV)

@@ -114,6 +114,39 @@ def test_warnings_pass_unless_strict(tmp_path: Path) -> None:
     assert strict.stdout.splitlines()[2] == f"{path}: FAILED (--strict): 0 errors, 2 warnings"
 
 
+@pytest.mark.parametrize(("text", "warns"), [
+    ("version: 1\nhosts: []\n", True),
+    ("version: 1\nmode: report\nhosts:\n  - host: api.example.com\n"
+     f'    pins: ["{ROOT}", "{OTHER_ROOT}"]\n', True),
+    ("version: 1\nunpinned: block\nhosts: []\n", False),  # every connection is refused
+    ("version: 1\nhosts:\n  - host: api.example.com\n"
+     f'    pins: ["{ROOT}", "{OTHER_ROOT}"]\n', False),
+])
+def test_a_pinset_that_refuses_nothing_warns_and_fails_strict(
+        text: str, warns: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, text)
+    assert main(["check", str(path), "--today", "2027-01-01"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert (out[0].startswith(f"{path}: warning: {path}: ") and
+            out[0].endswith("no connection is ever refused, the proxy enforces no pin; add "
+                            "enforced rules or 'unpinned: block' [protects-nothing]")) is warns
+    assert main(["check", str(path), "--today", "2027-01-01", "--strict"]) == (1 if warns else 0)
+
+
+@pytest.mark.parametrize(("host", "warns"), [
+    ("p\u0430ypal.com", True), ("xn--pypal-4ve.com", True),  # Cyrillic U+0430 among Latin
+    ("\u043f\u0440\u0438\u043c\u0435\u0440.\u0440\u0444", False), ("paypal.com", False),
+])
+def test_a_mixed_script_label_warns(host: str, warns: bool, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, f'version: 1\nhosts:\n  - host: "{host}"\n'
+                           f'    pins: ["{ROOT}", "{OTHER_ROOT}"]\n')
+    code = main(["check", str(path), "--today", "2027-01-01", "--strict"])
+    out = capsys.readouterr().out
+    assert code == (1 if warns else 0)
+    assert ("label 'p\u0430ypal' (xn--pypal-4ve) mixes Latin and Cyrillic letters" in out) is warns
+
+
 def test_load_errors_stay_path_line_message_on_stderr(tmp_path: Path) -> None:
     path = write(tmp_path, BROKEN)
     done = run_pinproxy("check", str(path), "--strict")

@@ -27,6 +27,9 @@ assert len(NAME_253) == 253
     ("BÜCHER.example", "xn--bcher-kva.example"),
     ("bücher.example.", "xn--bcher-kva.example"),
     ("bücher\u3002example", "xn--bcher-kva.example"),  # ideographic full stop is a dot in IDNA
+    # UTS #46 maps full-width letters (and the full-width dot) to ASCII, as browsers do
+    ("\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.com", "example.com"),
+    ("\uff25\uff38\uff21\uff2d\uff30\uff2c\uff25\uff0ecom", "example.com"),
     ("xn--bcher-kva.example", "xn--bcher-kva.example"),
     ("XN--BCHER-KVA.example", "xn--bcher-kva.example"),
     ("_acme-challenge.example", "_acme-challenge.example"),

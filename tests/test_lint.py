@@ -17,8 +17,16 @@ import pytest
 
 from pinproxy.loader import parse_pinset
 from pinproxy.pins import Pin, PinKind
-from pinproxy.pinset import HostRule, Location, Mode, Pinset
-from pinproxy.tools.lint import CODES, EXPIRY_WARNING_DAYS, Finding, Severity, lint
+from pinproxy.pinset import HostRule, Location, Mode, Pinset, Unpinned
+from pinproxy.tools.lint import (
+    CODES,
+    EXPIRY_WARNING_DAYS,
+    Finding,
+    Severity,
+    lint,
+    mixed_scripts,
+    protects_nothing,
+)
 from tests import certs
 
 TODAY = date(2027, 6, 1)
@@ -121,7 +129,7 @@ def test_whole_certificate_pins_break_at_renewal() -> None:
     (EXPIRY_WARNING_DAYS, ["expires-soon"]),
     (1, ["expires-soon"]),
     (0, ["expires-soon"]),  # the last enforced day is still enforced
-    (-1, ["expired"]),
+    (-1, ["protects-nothing", "expired"]),  # the only rule: nothing is enforced any more
 ])
 def test_expiry(days_left: int, expected: list[str]) -> None:
     last_day = TODAY + timedelta(days=days_left)
@@ -132,14 +140,14 @@ def test_expiry(days_left: int, expected: list[str]) -> None:
     if days_left == EXPIRY_WARNING_DAYS:
         assert f"(in {EXPIRY_WARNING_DAYS} days)" in findings[0].message
     if days_left < 0:
-        assert f"expired after {last_day.isoformat()}" in findings[0].message
+        assert f"expired after {last_day.isoformat()}" in findings[1].message
 
 
 def test_expiry_follows_the_day_asked_for() -> None:
     rules = pinset(rule("api.example.com", expires=date(2027, 12, 31)))
     assert lint(rules, date(2027, 11, 30)) == []
     assert [f.code for f in lint(rules, date(2027, 12, 1))] == ["expires-soon"]
-    assert [f.code for f in lint(rules, date(2028, 1, 1))] == ["expired"]
+    assert [f.code for f in lint(rules, date(2028, 1, 1))] == ["protects-nothing", "expired"]
 
 
 # -- overlapping, redundant and shadowed rules ---------------------------------------------
@@ -250,6 +258,9 @@ def test_a_second_rule_for_one_host_never_applies() -> None:
 @pytest.mark.parametrize(("host", "include"), [
     ("*.co.uk", False), ("com", True), ("*.com", True), ("*.github.io", False),
     ("xn--p1ai", True),  # .рф, an IDNA TLD
+    # on the list since 2021 (Cloudflare Pages), after publicsuffix2's December 2019 copy
+    ("*.pages.dev", False), ("pages.dev", True),
+    ("*.deno.dev", False),  # private section, added 2022
 ])
 def test_patterns_on_a_public_suffix(host: str, include: bool) -> None:
     found = only(lint(pinset(rule(host, include=include)), TODAY), "public-suffix")
@@ -261,13 +272,15 @@ def test_patterns_on_a_public_suffix(host: str, include: bool) -> None:
     ("example.co.uk", True), ("*.example.co.uk", False), ("co.uk", False), ("com", False),
     ("corp", True),  # not on the list: an internal TLD is the operator's own
     ("*.pinned.test", False),
+    ("*.example.pages.dev", False), ("example.pages.dev", True),  # below the newer suffix
+    ("www.ck", True),  # the list's exception to its rule *.ck
 ])
 def test_patterns_below_a_public_suffix_are_fine(host: str, include: bool) -> None:
     assert lint(pinset(rule(host, include=include)), TODAY) == []
 
 
 def test_the_public_suffix_list_is_read_offline() -> None:
-    """publicsuffix2 can download the list; the lint must never: any network use fails here."""
+    """The suffix list package has an updater; the lint must never use it: network use fails."""
     script = textwrap.dedent("""
         import sys
         from datetime import date
@@ -306,9 +319,10 @@ def test_every_documented_code_can_be_reported() -> None:
         rule("gone.example", expires=TODAY - timedelta(days=1)),
         rule("*.example.com", *OTHER), rule("api.example.com"), rule("www.example.com", *OTHER),
         rule("a.example.org", include=True), rule("*.a.example.org", include=True),
-        rule("*.co.uk"),
+        rule("*.co.uk"), rule("xn--pypal-4ve.com"),
     )
-    assert {f.code for f in lint(rules, TODAY)} == set(CODES)
+    assert {f.code for f in lint(rules, TODAY)} | {"protects-nothing"} == set(CODES)
+    assert {f.code for f in lint(pinset(), TODAY)} == {"protects-nothing"}
 
 
 class CountingPinset(Pinset):
@@ -347,3 +361,77 @@ def test_linting_100_000_rules_is_linear() -> None:
     assert by_code["overlapping-rules"] == 1000 + 1000 * 49  # each `*.`, odd exact hosts
     assert by_code["redundant-rule"] == 1000 * 49  # even exact hosts: same pins as `*.`
     assert sum(by_code.values()) == len(findings)
+
+
+# -- a pinset that refuses nothing ---------------------------------------------------------
+
+def test_no_rules_and_unpinned_allowed_protects_nothing() -> None:
+    found = only(lint(Pinset(rules=(), source="p.yaml"), TODAY), "protects-nothing")
+    assert found.location == Location("p.yaml")
+    assert found.message == protects_nothing(Pinset(rules=(), source="p.yaml"))
+    assert found.message.startswith("p.yaml: no host rules and 'unpinned: allow'")
+
+
+def test_report_mode_rules_only_protect_nothing() -> None:
+    reported = pinset(rule("api.example.com", mode=Mode.REPORT),
+                      rule("www.example.com", mode=Mode.REPORT))
+    assert "every rule is in report mode" in (protects_nothing(reported) or "")
+
+
+def test_expired_rules_protect_nothing_on_the_day_asked_for() -> None:
+    old = pinset(rule("api.example.com", expires=TODAY - timedelta(days=1)))
+    assert "every rule has expired" in (protects_nothing(old, TODAY) or "")
+    assert protects_nothing(old, TODAY - timedelta(days=1)) is None
+    assert protects_nothing(old) is None  # no day: expiry is not judged
+
+
+@pytest.mark.parametrize(("mode", "unpinned", "nothing"), [
+    (Mode.ENFORCE, Unpinned.BLOCK, False),  # every unpinned host is refused
+    (Mode.REPORT, Unpinned.BLOCK, True),  # ... only reported
+    (Mode.ENFORCE, Unpinned.ALLOW, True),
+])
+def test_an_empty_pinset_that_blocks_unpinned_hosts_protects(
+        mode: Mode, unpinned: Unpinned, nothing: bool) -> None:
+    empty = Pinset(rules=(), source="p.yaml", mode=mode, unpinned=unpinned)
+    assert (protects_nothing(empty) is not None) is nothing
+    assert ("protects-nothing" in [f.code for f in lint(empty, TODAY)]) is nothing
+
+
+def test_one_enforced_rule_among_reported_ones_protects() -> None:
+    mixed = pinset(rule("api.example.com", mode=Mode.REPORT), rule("www.example.com"))
+    assert protects_nothing(mixed) is None
+    assert "protects-nothing" not in [f.code for f in lint(mixed, TODAY)]
+
+
+# -- look-alike names ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("host", "label", "scripts"), [
+    ("p\u0430ypal.com", "'p\u0430ypal' (xn--pypal-4ve)", "Latin and Cyrillic"),  # U-label
+    ("xn--pypal-4ve.com", "'p\u0430ypal' (xn--pypal-4ve)", "Latin and Cyrillic"),  # A-label
+    ("*.\u03b1pple.com", "'\u03b1pple'", "Greek and Latin"),
+    ("api.g\u043e\u043egle.example", "'g\u043e\u043egle'", "Latin and Cyrillic"),
+])
+def test_mixed_script_labels_are_named(host: str, label: str, scripts: str) -> None:
+    loaded = parse_pinset(f'version: 1\nhosts:\n  - host: "{host}"\n'
+                          f'    pins: ["{ROOT}", "{INTER}"]\n', source="p.yaml")
+    found = only(lint(loaded, TODAY), "mixed-script")
+    assert found.location == Location("p.yaml", 3)
+    assert f"label {label.split(' ')[0]}" in found.message
+    assert f"mixes {scripts} letters" in found.message
+
+
+@pytest.mark.parametrize("host", [
+    "\u043f\u0440\u0438\u043c\u0435\u0440.\u0440\u0444",  # пример.рф: Cyrillic only
+    "b\u00fccher.example", "\u30c9\u30e1\u30a4\u30f3\u540d\u4f8b.jp",  # kana with kanji
+    "paypal.com", "xn--e1afmkfd.xn--p1ai", "a1-b.example",
+])
+def test_single_script_labels_are_fine(host: str) -> None:
+    loaded = parse_pinset(f'version: 1\nhosts:\n  - host: "{host}"\n'
+                          f'    pins: ["{ROOT}", "{INTER}"]\n', source="p.yaml")
+    assert lint(loaded, TODAY) == []
+
+
+def test_mixed_scripts_reads_a_label() -> None:
+    assert mixed_scripts("xn--pypal-4ve") == ("p\u0430ypal", ["Latin", "Cyrillic"])
+    assert mixed_scripts("paypal") is None
+    assert mixed_scripts("xn--zz") is None  # no valid A-label: the loader's business

@@ -300,6 +300,15 @@ def test_base64_starting_with_a_slash_is_not_mistaken_for_curls_spelling() -> No
     assert parse_pin(f"sha256//{encoded}") == Pin(PinKind.SPKI, digest)  # curl's spelling
 
 
+def test_a_45_character_body_not_starting_with_a_slash_is_not_curls_spelling() -> None:
+    """`sha256/A<44 base64>`: only a leading "/" makes a 45-character body curl's `//`; any
+    other first character must not be dropped to leave a valid 44-character pin."""
+    encoded = base64.b64encode(bytes(range(32))).decode()
+    with pytest.raises(PinError, match=r"^pin 'sha256/A"):
+        parse_pin(f"sha256/A{encoded}")
+    assert parse_pin(f"sha256//{encoded}") == Pin(PinKind.SPKI, bytes(range(32)))  # twin
+
+
 @pytest.mark.parametrize("text", ['pin-sha256="LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=',
                                   'pin-sha256=LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ="'])
 def test_hpkp_spelling_needs_matching_quotes(text: str) -> None:

@@ -154,6 +154,9 @@ IP_PINSET = Pinset(rules=(
     ("10.0.0.2", []),
     ("192.0.0.1", []),
     ("::2", []),
+    # the second character is no digit: a lookup that tested host[1] for the shortcut, not
+    # host[-1], would walk 1.0.0.1's "parents" into the rules above
+    ("1.0.0.1", []), ("2.0.0.1", []),
     # the twin: the same suffix rules do cover DNS names
     ("x.0.0.1", [("*.0.0.1", False), ("0.0.1", True), ("1", True)]),
 ])

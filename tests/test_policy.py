@@ -491,3 +491,71 @@ def test_refusal_status(reason: Reason, status: int) -> None:
 ])
 def test_authority_host(authority: str, host: str) -> None:
     assert authority_host(authority) == host
+
+
+# -- a refusal keeps its evidence: chain, host and expired rules ----------------------------
+# The 502 page and the report record show what the Decision carries; a refusal that lost its
+# chain or its host would still refuse, so only these field-by-field checks notice.
+
+@pytest.mark.parametrize(("mode", "action"), [(Mode.ENFORCE, Action.BLOCK),
+                                              (Mode.REPORT, Action.REPORT)])
+def test_an_unpinned_refusal_keeps_chain_host_and_expired_rules(mode: Mode,
+                                                                action: Action) -> None:
+    old = rule("other.example", {BACKUP}, expires=TODAY - timedelta(days=1))
+    rules = pinset(old, mode=mode, unpinned=Unpinned.BLOCK)
+    decision = decide(rules, ["Other.Example."], good_chain(), TODAY)
+    assert decision == Decision(action, Reason.NOT_PINNED, "other.example", None, good_chain(),
+                                None, (old,))
+    # twin: under unpinned: allow the same evidence comes with an allow
+    allowed = decide(pinset(old), ["Other.Example."], good_chain(), TODAY)
+    assert allowed == Decision(Action.ALLOW, Reason.NOT_PINNED, "other.example", None,
+                               good_chain(), None, (old,))
+
+
+def test_an_invalid_host_refusal_keeps_the_name_and_the_chain() -> None:
+    decision = decide(pinset(), ["bad host"], good_chain(), TODAY)
+    assert decision == Decision(Action.BLOCK, Reason.INVALID_HOST, "bad host", None, good_chain(),
+                                detail="host 'bad host' is not a valid host name or IP address")
+
+
+def test_a_connection_naming_no_host_keeps_the_chain() -> None:
+    decision = decide(pinset(), [], good_chain(), TODAY)
+    assert decision == Decision(Action.BLOCK, Reason.INVALID_HOST, "", None, good_chain(),
+                                detail="the connection names no host")
+
+
+@pytest.mark.parametrize(("mode", "action"), [(Mode.ENFORCE, Action.BLOCK),
+                                              (Mode.REPORT, Action.REPORT)])
+def test_a_plaintext_refusal_keeps_host_rule_and_expired_rules(mode: Mode,
+                                                               action: Action) -> None:
+    old = rule(HOST, {BACKUP}, expires=TODAY - timedelta(days=1))
+    parent = rule("example", {BACKUP}, line=6, include_subdomains=True, mode=mode)
+    decision = decide_plaintext(pinset(old, parent), "API.example", TODAY)
+    assert decision == Decision(action, Reason.PLAINTEXT, HOST, parent, (), None, (old,))
+    # twin: without the live parent rule the expired one leaves the host unpinned, allowed
+    assert decide_plaintext(pinset(old), "API.example", TODAY) == Decision(
+        Action.ALLOW, Reason.NOT_PINNED, HOST, None, (), None, (old,))
+
+
+# -- survivors of `make mutation` (docs/testing.md) ----------------------------------------
+
+def test_decide_handshake_judges_expiry_on_the_day_given() -> None:
+    old = rule(HOST, {BACKUP}, expires=TODAY - timedelta(days=1))
+    lapsed = decide_handshake(pinset(old), [HOST], rogue_chain(), TODAY)
+    assert (lapsed.action, lapsed.reason, lapsed.expired) == (Action.ALLOW, Reason.NOT_PINNED,
+                                                              (old,))
+    # twin: on its last day the same rule still refuses
+    last_day = decide_handshake(pinset(old), [HOST], rogue_chain(), TODAY - timedelta(days=1))
+    assert (last_day.action, last_day.reason) == (Action.BLOCK, Reason.PIN_MISMATCH)
+
+
+def test_a_misdirected_refusal_lists_every_checked_name_comma_separated() -> None:
+    decision = decide_request(PINNED, "https", "b.example", HOST, ("a.example", "B.example."),
+                              TODAY)
+    assert decision is not None and decision.reason is Reason.MISDIRECTED
+    assert decision.detail == ("the request names api.example, but its connection was checked "
+                               "for a.example, b.example")
+
+
+def test_a_plaintext_tunnel_without_a_pinset_names_its_host() -> None:
+    assert decide_tunnel(None, HOST, False, TODAY) == no_pinset(HOST)

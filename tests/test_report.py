@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from pinproxy.pins import Pin, PinKind
 from pinproxy.pinset import HostRule, Location, Mode, Pinset, Unpinned
-from pinproxy.policy import Action, Decision, Reason, decide, refuse_on_error
+from pinproxy.policy import Action, Decision, Reason, decide, decide_plaintext, refuse_on_error
 from pinproxy.report import ReportLog, log_line, refusal_page, violation_record
 from tests import certs
 
@@ -263,3 +263,48 @@ def test_report_log_lines_stay_whole_across_processes(tmp_path: Path) -> None:
     assert len(parsed) == 200
     assert sorted((p["writer"], p["i"]) for p in parsed) == [(n, i) for n in range(4)
                                                              for i in range(50)]
+
+
+# -- refusals without a rule still show their evidence -------------------------------------
+
+def test_an_unpinned_refusal_shows_host_and_chain_on_the_page_and_in_the_record() -> None:
+    chain = certs.pki("a").chain
+    decision = decide(Pinset(rules=(), source="p", unpinned=Unpinned.BLOCK), ["X.Example"],
+                      chain, TODAY)
+    page = refusal_page(decision)
+    assert page.startswith("pinproxy refused the connection to x.example\n")
+    assert "reason: host-not-pinned: " in page
+    for depth, cert in enumerate(chain):
+        assert f"  {depth}: {cert.spki}  {cert.subject}\n" in page
+    record = violation_record(decision, 443, chain[:1], NOW)
+    assert record["hostname"] == "x.example"
+    assert record["validated-certificate-chain"] == [cert.pem for cert in chain]
+
+
+@pytest.mark.parametrize(("names", "host", "detail"), [
+    (["bad host"], "bad host", "host 'bad host' is not a valid host name or IP address"),
+    ([], "(no host)", "the connection names no host"),
+])
+def test_an_invalid_or_missing_host_refusal_shows_the_chain(names: list[str], host: str,
+                                                            detail: str) -> None:
+    chain = certs.pki("a").chain
+    decision = decide(Pinset(rules=(), source="p"), names, chain, TODAY)
+    page = refusal_page(decision)
+    assert page.startswith(f"pinproxy refused the connection to {host}\n")
+    assert "reason: invalid-host: " in page and f"detail: {detail}" in page
+    assert f"  2: {chain[2].spki}  {chain[2].subject}\n" in page
+    record = violation_record(decision, 443, (), NOW)
+    assert record["validated-certificate-chain"] == [cert.pem for cert in chain]
+    assert record["hostname"] == ("" if not names else host)
+
+
+def test_a_plaintext_refusal_names_host_and_rule() -> None:
+    rule = pinned_rule(include_subdomains=True)
+    decision = decide_plaintext(Pinset(rules=(rule,), source="conf/pins.yaml"), "www." + HOST,
+                                TODAY)
+    page = refusal_page(decision)
+    assert page.startswith(f"pinproxy refused the connection to www.{HOST}\n")
+    assert "at conf/pins.yaml:12" in page
+    record = violation_record(decision, 80, (), NOW)
+    assert (record["hostname"], record["noted-hostname"], record["reason"]) == (
+        f"www.{HOST}", HOST, "plaintext-to-pinned-host")

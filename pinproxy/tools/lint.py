@@ -3,7 +3,9 @@
 Pinning's worst failure is the outage after a certificate or key rotation (why browsers
 withdrew HPKP), so the checks look for rules that will break, have silently stopped working, or
 do not mean what they seem to: no backup pin, whole-certificate pins only, an expiry date that is
-near or past, rules that overlap with different pins, and patterns on a public suffix.
+near or past, rules that overlap with different pins, patterns on a public suffix, a pinset that
+refuses nothing at all, and host labels that mix scripts (an IDN homograph such as
+U+0430 CYRILLIC SMALL LETTER A in `p\u0430ypal.com`).
 
 A `Finding` is one line of `check` output; errors make `check` exit 2, warnings only with
 `--strict`. Every check is per rule and uses the pinset's own O(1) indexes (`Pinset.candidates`),
@@ -13,19 +15,22 @@ so linting costs O(rules x labels) whatever the size of the pinset.
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
 from functools import cache
 
-from publicsuffix2 import PublicSuffixList  # type: ignore[import-untyped]
+import idna
+from publicsuffixlist import PublicSuffixList
 
 from pinproxy.hostnames import is_ip_literal
 from pinproxy.pins import Pin, PinKind
-from pinproxy.pinset import HostRule, Location, Pinset
+from pinproxy.pinset import HostRule, Location, Mode, Pinset, Unpinned
 
-__all__ = ["CODES", "EXPIRY_WARNING_DAYS", "Finding", "Severity", "lint"]
+__all__ = ["CODES", "EXPIRY_WARNING_DAYS", "Finding", "Severity", "lint", "mixed_scripts",
+           "protects_nothing"]
 
 EXPIRY_WARNING_DAYS = 30
 
@@ -39,6 +44,8 @@ CODES = {
     "redundant-rule": "a rule decides exactly as the broader rule under it would",
     "shadowed-rule": "a rule, or its include_subdomains, never applies",
     "public-suffix": "'*.' or include_subdomains on a public suffix such as co.uk",
+    "protects-nothing": "no rule is enforced and unpinned hosts are allowed: nothing is refused",
+    "mixed-script": "a host label mixes scripts (Latin and Cyrillic...): a look-alike name",
 }
 
 # Well-formed digests that are no key's SPKI hash: the all-zero digest (OkHttp's docs trick to
@@ -74,11 +81,15 @@ class Finding:
 def lint(pinset: Pinset, today: date) -> list[Finding]:
     """Every finding for a loaded pinset, in rule (file) order; `today` decides expiry."""
     findings: list[Finding] = []
+    if (nothing := protects_nothing(pinset, today)) is not None:
+        findings.append(Finding(Severity.WARNING, "protects-nothing", nothing,
+                                Location(pinset.source)))
     for rule in pinset.rules:
         findings.extend(_backup(rule))
         findings.extend(_expiry(rule, today))
         findings.extend(_overlaps(pinset, rule, today))
         findings.extend(_public_suffix(rule))
+        findings.extend(_mixed_script(rule))
     return findings
 
 
@@ -208,6 +219,81 @@ def _named(rule: HostRule) -> str:
     return f"{rule.host!r}{flag} at {rule.location}"
 
 
+# -- a pinset that refuses nothing --------------------------------------------------------
+
+def protects_nothing(pinset: Pinset, today: date | None = None) -> str | None:
+    """The one-line warning for a pinset under which no connection is ever refused, else None.
+
+    That is no enforced rule (none at all, or all in report mode, or, given `today`, all
+    expired) while unpinned hosts are allowed, or only reported (`unpinned: block` in a
+    report-mode pinset). The proxy then only adds mitmproxy's CA checks: an operator who
+    meant to pin should hear so at start-up, not after an incident.
+    """
+    if pinset.unpinned is Unpinned.BLOCK and pinset.mode is Mode.ENFORCE:
+        return None
+    live = [rule for rule in pinset.rules if today is None or not rule.expired(today)]
+    if any(rule.mode is Mode.ENFORCE for rule in live):
+        return None
+    if not pinset.rules:
+        what = "no host rules"
+    elif not live:
+        what = f"every rule has expired (as of {today})"
+    elif len(live) < len(pinset.rules):
+        what = "every rule not expired is in report mode"
+    else:
+        what = "every rule is in report mode"
+    unpinned = ("'unpinned: allow'" if pinset.unpinned is Unpinned.ALLOW
+                else "'unpinned: block' in report mode")
+    return (f"{pinset.source}: {what} and {unpinned}: no connection is ever refused, the proxy "
+            "enforces no pin; add enforced rules or 'unpinned: block'")
+
+
+# -- look-alike names ----------------------------------------------------------------------
+
+def _mixed_script(rule: HostRule) -> Iterator[Finding]:
+    for label in rule.base.split("."):
+        if (found := mixed_scripts(label)) is None:
+            continue
+        text, scripts = found
+        spelled = f"{text!r} ({label})" if text != label else repr(label)
+        yield _warning(
+            rule, "mixed-script",
+            f"{rule.host}: label {spelled} mixes {' and '.join(scripts)} letters, as "
+            "look-alike (homograph) names do; check that this is the name you mean")
+
+
+# Scripts that legitimately share a label: Japanese writes kanji with both kana, Korean hanja
+# with hangul. Each is one group here, named after its first member.
+_SCRIPT_GROUPS = {"CJK": "Han", "HIRAGANA": "Han", "KATAKANA": "Han",
+                  "KATAKANA-HIRAGANA": "Han", "HANGUL": "Han"}
+
+
+def mixed_scripts(label: str) -> tuple[str, list[str]] | None:
+    """(the label in Unicode, its scripts in order of appearance) when its letters come from
+    more than one script, else None.
+
+    A letter's script is the first word of its Unicode name (`LATIN SMALL LETTER A`,
+    `CYRILLIC SMALL LETTER A`): enough to tell the alphabets that homographs mix, with no
+    dependency. Digits, hyphens and marks belong to no script. A label in one script only
+    (`пример`) is fine; an A-label that does not decode is left to the loader.
+    """
+    text = label
+    if label.startswith("xn--"):
+        try:
+            text = idna.decode(label)
+        except (idna.IDNAError, UnicodeError):
+            return None
+    scripts: list[str] = []
+    for char in text:
+        if not unicodedata.category(char).startswith("L"):
+            continue
+        first = unicodedata.name(char, "UNKNOWN").split(" ")[0]
+        script = _SCRIPT_GROUPS.get(first, first.title())
+        if script not in scripts:
+            scripts.append(script)
+    return (text, scripts) if len(scripts) > 1 else None
+
+
 # -- public suffixes -----------------------------------------------------------------------
 
 def _public_suffix(rule: HostRule) -> Iterator[Finding]:
@@ -224,20 +310,18 @@ def _public_suffix(rule: HostRule) -> Iterator[Finding]:
 
 @cache
 def _suffix_list() -> PublicSuffixList:
-    """The Public Suffix List vendored inside publicsuffix2, read from disk once.
+    """The Public Suffix List shipped inside publicsuffixlist, read from disk once.
 
-    publicsuffix2 downloads only when `publicsuffix2.fetch()` is called, which we never do:
-    the lint runs offline.
+    The package's updater (`publicsuffixlist.update`) is never run: the lint runs offline, on
+    the list of the installed release. `accept_unknown=False`: a TLD the list does not know
+    (`test`, `internal`) is not a suffix, although the list's default rule `*` would make
+    every unknown TLD one; such a TLD is the operator's own.
     """
-    return PublicSuffixList()
+    return PublicSuffixList(accept_unknown=False)
 
 
 @cache
 def _is_public_suffix(domain: str) -> bool:
-    """True when the list names `domain` itself as a public suffix (`com`, `co.uk`, `github.io`).
-
-    `strict=True`: a TLD the list does not know (`test`, `internal`) is not a suffix here,
-    although the list's default rule would make every unknown TLD one.
-    """
-    suffix: str | None = _suffix_list().get_tld(domain, wildcard=True, strict=True)
-    return suffix == domain
+    """True when the list names `domain` itself as a public suffix (`com`, `co.uk`, `github.io`,
+    and names under a wildcard rule such as `*.ck`, but not its exceptions such as `www.ck`)."""
+    return _suffix_list().is_public(domain)
