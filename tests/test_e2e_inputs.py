@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.certs import TrustedPki
-from tests.proxy import run_pinproxy
+from tests.proxy import run_pinproxy, start_pinproxy
 
 pytestmark = pytest.mark.e2e
 
@@ -63,3 +63,16 @@ def test_a_fifo_upstream_ca_is_refused_at_once(
                           "--upstream-ca", str(fifo), timeout=20)
     assert result.returncode == 2, result.stderr
     assert f"--upstream-ca {fifo}: cannot read CA file: not a regular file" in result.stderr
+
+
+@pytest.mark.parametrize(("hosts", "warned"), [
+    ("[]", True),
+    ('[{host: a.test, pins: ["PIN"]}]', False),  # the twin: one enforced rule
+])
+def test_a_pinset_that_refuses_nothing_is_named_at_start(
+        tmp_path: Path, confdir: Path, pki: TrustedPki, hosts: str, warned: bool) -> None:
+    pinset = tmp_path / "pins.yaml"
+    pinset.write_text(f"version: 1\nunpinned: allow\nhosts: {hosts.replace('PIN', pki.root_pin)}\n")
+    with start_pinproxy(pinset, confdir, pki.ca_bundle) as proxy:
+        proxy.wait_for_output("listening on")
+        assert ("no connection is ever refused" in proxy.output()) is warned

@@ -56,6 +56,7 @@ from pinproxy.report import (
     refusal_page,
     violation_record,
 )
+from pinproxy.tools.lint import protects_nothing
 
 __all__ = ["Pinning"]
 
@@ -98,6 +99,8 @@ class Pinning:
         self.summary = pinset_summary(pinset, self.pinsets.path, self.pinsets.sha256,
                                       self.pinsets.loaded_at)
         self.readiness.pinset_loaded = True
+        if (nothing := protects_nothing(pinset, _today())) is not None:
+            logger.warning("pinproxy: %s", nothing)
 
     @property
     def pinset(self) -> Pinset | None:
