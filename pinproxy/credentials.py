@@ -17,8 +17,10 @@ import base64
 import binascii
 import hashlib
 import hmac
+import secrets
+from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -79,11 +81,20 @@ class SingleUser:
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Htpasswd:
-    """An htpasswd file's bcrypt hashes, read once; `verify` costs one bcrypt check either way."""
+    """An htpasswd file's bcrypt hashes, read once; `verify` costs one bcrypt check either way,
+    except for credentials it already accepted.
+
+    A bcrypt check is deliberately slow and runs on the proxy's event loop: without the memory
+    of accepted credentials, every plain http:// request (each carries its own credentials)
+    would hold all traffic for that long. The memory holds keyed digests, never passwords, and
+    is bounded; the file is never re-read, so an accepted password stays valid until restart.
+    """
 
     path: str
     hashes: Mapping[str, bytes]
     _dummy: bytes  # checked for unknown users, at the file's own cost
+    _accepted: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
+    _digest_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
 
     @classmethod
     def from_file(cls, path: str) -> Htpasswd:
@@ -107,16 +118,28 @@ class Htpasswd:
         return cls(path, hashes, dummy)
 
     def verify(self, user: str, password: str) -> bool:
-        known = self.hashes.get(user)
         secret = password.encode("utf-8")
+        digest = hmac.digest(self._digest_key, user.encode("utf-8") + b"\0" + secret, "sha256")
+        if digest in self._accepted:
+            self._accepted.move_to_end(digest)
+            return True
+        known = self.hashes.get(user)
         matches = bcrypt.checkpw(secret[:_BCRYPT_MAX_PASSWORD],
                                  known if known is not None else self._dummy)
-        return matches and known is not None and len(secret) <= _BCRYPT_MAX_PASSWORD
+        if not (matches and known is not None and len(secret) <= _BCRYPT_MAX_PASSWORD):
+            return False
+        self._accepted[digest] = None
+        if len(self._accepted) > _ACCEPTED_MAX:
+            self._accepted.popitem(last=False)
+        return True
 
     def __repr__(self) -> str:
         return f"Htpasswd(path={self.path!r}, users={len(self.hashes)})"
 
     __str__ = __repr__
+
+
+_ACCEPTED_MAX = 1024  # accepted credentials remembered by an Htpasswd
 
 
 def _bcrypt_hash(hashed: str, where: str) -> bytes:

@@ -125,6 +125,25 @@ def test_unknown_user_costs_a_bcrypt_check(htpasswd: Path,
     assert len(checked) == 1 and checked[0][:7] == b"$2b$04$"  # the file's cost
 
 
+def test_accepted_credentials_cost_one_bcrypt_check_and_wrong_ones_every_time(
+        htpasswd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    verifier = parse_proxy_auth(f"@{htpasswd}")
+    checked: list[bytes] = []
+    real = bcrypt.checkpw
+
+    def counting(password: bytes, hashed: bytes) -> bool:
+        checked.append(hashed)
+        return real(password, hashed)
+
+    monkeypatch.setattr(bcrypt, "checkpw", counting)
+    assert [verifier.verify("alice", "pw") for _ in range(3)] == [True] * 3
+    assert len(checked) == 1  # remembered: the event loop pays bcrypt once per credential
+    assert [verifier.verify("alice", "PW") for _ in range(3)] == [False] * 3
+    assert len(checked) == 4  # the twin: a wrong password is checked every time
+    assert not verifier.verify("bob", "pw")  # remembered for alice only, not for the password
+    assert "pw" not in repr(verifier)
+
+
 @pytest.mark.parametrize(("line", "message"), [
     ("alice:$apr1$abc$defghijklmnopqrstuvwx", "unsupported password hash (MD5 $apr1$)"),
     ("alice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=", "unsupported password hash (SHA-1 {SHA})"),
