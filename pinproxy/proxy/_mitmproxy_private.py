@@ -15,6 +15,10 @@ no SO_REUSEPORT) or, worse, with an addon chain pinproxy did not build.
 - `mode_servers.RegularInstance.listen(host, port)`: binds the regular-mode listener with
   `asyncio.start_server(handle_stream, host, port)` and no way to ask for SO_REUSEPORT, which
   `pinproxy run --workers` needs to share one port; it is replaced class-wide in worker processes.
+- `Proxyserver.connections[client.id]` (the client's `ProxyConnectionHandler`), its
+  `transports[connection].handler` (the task reading that connection): cancelling that task is
+  how mitmproxy itself closes an idle connection (`ConnectionHandler.on_timeout`), and the only
+  way to close one connection from an addon. `close_connection` does it.
 """
 
 from __future__ import annotations
@@ -24,13 +28,15 @@ import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from mitmproxy import addonmanager, hooks, options, version
-from mitmproxy.proxy import mode_servers
+from mitmproxy import addonmanager, connection, hooks, options, version
+from mitmproxy.addons import proxyserver
+from mitmproxy.proxy import mode_servers, server
 
 from pinproxy.errors import PinproxyError
 
 __all__ = [
     "check",
+    "close_connection",
     "detach_addon_manager",
     "enable_reuse_port",
     "iter_hooks",
@@ -66,6 +72,18 @@ def enable_reuse_port() -> None:
     instance.listen = listen  # type: ignore[method-assign, assignment]
 
 
+def close_connection(proxy: proxyserver.Proxyserver, client: connection.Client,
+                     conn: connection.Connection, reason: str) -> bool:
+    """Close `conn` (the client's own connection, or one of its server connections) the way
+    mitmproxy closes an idle one: cancel the task that reads it. False if it is not open."""
+    handler = proxy.connections.get(client.id)
+    io = handler.transports.get(conn) if handler is not None else None
+    if io is None or io.handler is None or io.handler.done():
+        return False
+    io.handler.cancel(reason)
+    return True
+
+
 def check(manager: type = addonmanager.AddonManager,
           instance: type = mode_servers.RegularInstance) -> None:
     """Raise `PinproxyError` if a private name above is missing or takes other arguments.
@@ -76,6 +94,17 @@ def check(manager: type = addonmanager.AddonManager,
     _require_method(manager, "_configure_all", ["self", "updated"])
     _require_method(instance, "listen", ["self", "host", "port"])
     _require_method(instance, "handle_stream", ["self", "reader", "writer"])
+    _require_attribute(proxyserver.Proxyserver, "connections")
+    _require_attribute(server.ConnectionHandler, "transports")
+    _require_attribute(server.ConnectionIO, "handler")
+    _require_method(server.ConnectionHandler, "on_timeout", ["self"])
+
+
+def _require_attribute(owner: type, name: str) -> None:
+    """`owner` declares `name` (an annotated attribute: set in `__init__`, so not on the class)."""
+    declared = {n for cls in owner.__mro__ for n in getattr(cls, "__annotations__", {})}
+    if name not in declared:
+        raise _unsupported(f"{owner.__name__}.{name} is gone")
 
 
 def _require_method(owner: type, name: str, parameters: list[str]) -> None:
