@@ -18,6 +18,7 @@ import binascii
 import hashlib
 import hmac
 import secrets
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,10 @@ class Verifier(Protocol):
     """Checks one user name and password; a wrong user or password is simply False."""
 
     def verify(self, user: str, password: str) -> bool: ...
+
+    def verify_at_once(self, user: str, password: str) -> bool | None:
+        """The answer when it costs no bcrypt check; None when only `verify` can tell (it is
+        slow, so the proxy runs it off its event loop)."""
 
 
 def _digest(text: str) -> bytes:
@@ -73,6 +78,9 @@ class SingleUser:
         return (hmac.compare_digest(_digest(user), self._user_digest)
                 & hmac.compare_digest(_digest(password), self._password_digest))
 
+    def verify_at_once(self, user: str, password: str) -> bool:
+        return self.verify(user, password)
+
     def __repr__(self) -> str:
         return f"SingleUser(user={self.user!r})"
 
@@ -84,10 +92,11 @@ class Htpasswd:
     """An htpasswd file's bcrypt hashes, read once; `verify` costs one bcrypt check either way,
     except for credentials it already accepted.
 
-    A bcrypt check is deliberately slow and runs on the proxy's event loop: without the memory
-    of accepted credentials, every plain http:// request (each carries its own credentials)
-    would hold all traffic for that long. The memory holds keyed digests, never passwords, and
-    is bounded; the file is never re-read, so an accepted password stays valid until restart.
+    A bcrypt check is deliberately slow: the proxy runs it in a thread, and `verify_at_once`
+    answers from the memory of accepted credentials, so a client's every plain http:// request
+    (each carries its own credentials) does not cost one. The memory holds keyed digests, never
+    passwords, and is bounded; the file is never re-read, so an accepted password stays valid
+    until restart.
     """
 
     path: str
@@ -95,6 +104,7 @@ class Htpasswd:
     _dummy: bytes  # checked for unknown users, at the file's own cost
     _accepted: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
     _digest_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    _lock: threading.Lock = field(default_factory=threading.Lock)  # verify runs in threads
 
     @classmethod
     def from_file(cls, path: str) -> Htpasswd:
@@ -117,21 +127,32 @@ class Htpasswd:
         dummy = bcrypt.hashpw(b"pinproxy: no such user", bcrypt.gensalt(rounds=cost))
         return cls(path, hashes, dummy)
 
+    def verify_at_once(self, user: str, password: str) -> bool | None:
+        digest = self._remembered(user, password)
+        with self._lock:
+            if digest in self._accepted:
+                self._accepted.move_to_end(digest)
+                return True
+        return None
+
     def verify(self, user: str, password: str) -> bool:
-        secret = password.encode("utf-8")
-        digest = hmac.digest(self._digest_key, user.encode("utf-8") + b"\0" + secret, "sha256")
-        if digest in self._accepted:
-            self._accepted.move_to_end(digest)
+        if self.verify_at_once(user, password):
             return True
+        secret = password.encode("utf-8")
         known = self.hashes.get(user)
         matches = bcrypt.checkpw(secret[:_BCRYPT_MAX_PASSWORD],
                                  known if known is not None else self._dummy)
         if not (matches and known is not None and len(secret) <= _BCRYPT_MAX_PASSWORD):
             return False
-        self._accepted[digest] = None
-        if len(self._accepted) > _ACCEPTED_MAX:
-            self._accepted.popitem(last=False)
+        with self._lock:
+            self._accepted[self._remembered(user, password)] = None
+            if len(self._accepted) > _ACCEPTED_MAX:
+                self._accepted.popitem(last=False)
         return True
+
+    def _remembered(self, user: str, password: str) -> bytes:
+        """The keyed digest the memory of accepted credentials holds for them."""
+        return hmac.digest(self._digest_key, f"{user}\0{password}".encode(), "sha256")
 
     def __repr__(self) -> str:
         return f"Htpasswd(path={self.path!r}, users={len(self.hashes)})"

@@ -43,6 +43,7 @@ __all__ = [
     "record_decision",
     "record_load_failed",
     "record_loaded",
+    "record_proxy_auth_refused",
     "record_report_write_error",
     "record_upstream_leaf",
     "rule_label",
@@ -77,6 +78,9 @@ CLIENT_CONNECTIONS = Gauge("pinproxy_client_connections", "Open client connectio
                            multiprocess_mode="livesum")
 REPORT_WRITE_ERRORS = Counter("pinproxy_report_write_errors",
                               "Violation records the report log could not write.")
+PROXY_AUTH_REFUSALS = Counter(
+    "pinproxy_proxy_auth_refusals", "Requests answered 407, by why: missing (no or malformed "
+    "credentials), wrong, busy (refused unchecked: too many bcrypt checks waiting).", ["why"])
 
 _CHECKS = {(a, r): CHECKS.labels(a.value, r.value) for a in Action for r in Reason}
 _LOADS_OK = PINSET_LOADS.labels("ok")
@@ -134,6 +138,13 @@ def record_client_disconnected() -> None:
 
 def record_report_write_error() -> None:
     REPORT_WRITE_ERRORS.inc()
+
+
+_AUTH_REFUSALS = {why: PROXY_AUTH_REFUSALS.labels(why) for why in ("missing", "wrong", "busy")}
+
+
+def record_proxy_auth_refused(why: str) -> None:
+    _AUTH_REFUSALS[why].inc()
 
 
 def exposition() -> tuple[bytes, str]:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+from collections.abc import Awaitable
 
+import bcrypt
 import pytest
 from mitmproxy import http
 from mitmproxy.test import tflow
 
 from pinproxy.errors import PinproxyError
-from pinproxy.proxy.auth import ProxyAuth
+from pinproxy.proxy.auth import _SLOW_CHECKS, _SLOW_WAITING, ProxyAuth
 
 GOOD = "Basic " + base64.b64encode(b"alice:pa:ss").decode()
 BAD = "Basic " + base64.b64encode(b"alice:pa").decode()
@@ -77,3 +80,51 @@ def test_bad_spec_fails_at_construction_without_echoing_it() -> None:
         ProxyAuth("hunter2")
     assert "hunter2" not in str(e.value)
     assert "pa:ss" not in repr(ProxyAuth("alice:pa:ss"))
+
+
+HTPASSWD_USER, HTPASSWD_PASSWORD = "bob", "s3cret"
+
+
+@pytest.fixture(scope="module")
+def htpasswd(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("auth") / "htpasswd"
+    hashed = bcrypt.hashpw(HTPASSWD_PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+    path.write_text(f"{HTPASSWD_USER}:{hashed}\n")
+    return f"@{path}"
+
+
+def settle(result: Awaitable[None] | None) -> bool:
+    """Run what the hook handed back, as mitmproxy does; True if it had to wait (bcrypt)."""
+    if result is None:
+        return False
+    async def wait() -> None:
+        await result
+    asyncio.run(wait())
+    return True
+
+
+@pytest.mark.parametrize(("password", "refused"), [(HTPASSWD_PASSWORD, False), ("nope", True)])
+def test_a_bcrypt_check_is_awaited_off_the_hook_and_only_once(htpasswd: str, password: str,
+                                                               refused: bool) -> None:
+    auth = ProxyAuth(htpasswd)
+    header = "Basic " + base64.b64encode(f"{HTPASSWD_USER}:{password}".encode()).decode()
+    first = flow(header)
+    assert settle(auth.requestheaders(first))  # the hook itself returns at once
+    assert is_407(first) is refused
+    assert "Proxy-Authorization" not in first.request.headers  # stripped before the wait
+    again = flow(header)
+    assert settle(auth.requestheaders(again)) is refused  # accepted ones are remembered
+    assert is_407(again) is refused
+
+
+def test_too_many_waiting_bcrypt_checks_are_refused_unchecked(htpasswd: str) -> None:
+    auth = ProxyAuth(htpasswd)
+    auth._waiting = _SLOW_CHECKS + _SLOW_WAITING  # as many as the limit allows are waiting
+    header = "Basic " + base64.b64encode(f"{HTPASSWD_USER}:{HTPASSWD_PASSWORD}".encode()).decode()
+    f = flow(header)
+    assert settle(auth.requestheaders(f))
+    assert is_407(f)
+    auth._waiting = 0  # the twin: once they finished, the same credentials pass
+    f = flow(header)
+    assert settle(auth.requestheaders(f))
+    assert not is_407(f)

@@ -8,8 +8,10 @@ headers never reach an origin, with or without authentication.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import socket
 import ssl
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ import bcrypt
 import httpx
 import pytest
 import trustme
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.certs import TrustedPki, leaf_pin
 from tests.proxy import Proxy, curl, curl_plain, start_pinproxy
@@ -230,3 +233,45 @@ def test_proxy_headers_are_stripped_without_auth(open_proxy: Proxy,
     assert "proxy-authorization" not in request.headers
     assert "proxy-connection" not in request.headers
     assert request.headers["x-kept"] == "1"  # the twin: an ordinary header does arrive
+
+
+SLOW_ROUNDS = 12  # a bcrypt cost whose check takes long enough to see the event loop held
+
+
+def timed(proxy: Proxy, url: str, user: str, password: str) -> tuple[int, float]:
+    started = time.monotonic()
+    result = curl_plain(proxy, url, *with_user(user, password))
+    return result.status, time.monotonic() - started
+
+
+def test_wrong_passwords_do_not_hold_other_clients(tmp_path: Path, pinset: Path, pki: TrustedPki,
+                                                   confdir: Path,
+                                                   plain_server: PlainServer) -> None:
+    """bcrypt checks run in threads: while clients with wrong passwords wait for theirs, a
+    client whose credentials were accepted before is answered at once; the 407s are counted."""
+    hashed = bcrypt.hashpw(FILE_PASSWORD.encode(), bcrypt.gensalt(rounds=SLOW_ROUNDS))
+    started = time.monotonic()
+    assert bcrypt.checkpw(FILE_PASSWORD.encode(), hashed)
+    one_check = time.monotonic() - started
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_bytes(FILE_USER.encode() + b":" + hashed + b"\n")
+    url = f"{plain_server.url}/x"
+    with start_pinproxy(pinset, confdir, pki.ca_bundle, "--proxy-auth", f"@{htpasswd}") as proxy:
+        assert timed(proxy, url, FILE_USER, FILE_PASSWORD)[0] == 200  # checked once, remembered
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            wrong = [pool.submit(timed, proxy, url, FILE_USER, f"wrong{i}") for i in range(4)]
+            time.sleep(one_check / 4)  # the wrong ones are being checked now
+            right = [timed(proxy, url, FILE_USER, FILE_PASSWORD) for _ in range(3)]
+            refused = [future.result(timeout=60) for future in wrong]
+        assert [status for status, _ in right] == [200] * 3
+        assert max(took for _, took in right) < one_check / 2, (right, one_check)
+        assert [status for status, _ in refused] == [407] * 4
+        # the twin: the wrong ones did wait for their checks (two at a time)
+        assert max(took for _, took in refused) > one_check * 0.8, (refused, one_check)
+        response = httpx.get(f"{proxy.admin_url}/metrics", timeout=5)
+        counted = {(s.name, s.labels.get("why")): s.value
+                   for family in text_string_to_metric_families(response.text)
+                   for s in family.samples}
+        assert counted[("pinproxy_proxy_auth_refusals_total", "wrong")] == 4
+        assert counted[("pinproxy_proxy_auth_refusals_total", "missing")] == 0
+    assert len(plain_server.requests) == 4  # one first request and three more: no wrong one
