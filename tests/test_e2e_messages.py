@@ -224,3 +224,23 @@ def test_a_huge_host_header_gets_a_short_page_log_line_and_report(
         record = json.loads(report_log.read_text())
         assert len(report_log.read_text()) < 2000
         assert record["reason"] == "invalid-host"
+
+
+def test_a_huge_connect_authority_is_mitmproxys_400_and_a_short_log_line(
+        confdir: Path, good: Path, pki: TrustedPki) -> None:
+    """mitmproxy refuses a request line whose host is not valid (a megabyte one included) with
+    its own 400, which echoes the line back to the client that sent it; its log line of the
+    whole request line is cut by pinproxy's log handler."""
+    with start_pinproxy(good, confdir, pki.ca_bundle) as proxy:
+        mark = len(proxy.output())
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+            sock.sendall(f"CONNECT {'c' * 1_000_000}:443 HTTP/1.1\r\n\r\n".encode())
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400")
+        proxy.wait_for_output(r"Bad HTTP request line")
+        proxy.wait_for_output(r"client disconnect", timeout=5)
+        logged = proxy.log_lines_since(mark)
+        assert len(logged) < 10_000
+        assert "...[cut: " in logged
