@@ -14,11 +14,18 @@ from mitmproxy import exceptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout too
 
+from pinproxy.config import DEFAULT_PINSET
 from pinproxy.proxy.addon import Pinning
 
 
 class ScriptPinning(Pinning):
-    """Logs a bad option as one line: mitmdump would print a traceback for the exception."""
+    """Logs a bad option as one line: mitmdump would print a traceback for the exception.
+
+    Without `--set pinset=...` it reads config/pins.yaml, as `pinproxy run` does without
+    `--pinset`; it never raises, so mitmproxy never rolls options back to that default.
+    """
+
+    pinset_default = DEFAULT_PINSET
 
     def configure(self, updated: set[str]) -> None:
         try:

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Self
 
-from pinproxy.errors import PinproxyError
+from pinproxy.errors import PinproxyError, quote, shorten
 
 __all__ = ["DEFAULT_PINSET", "RunConfig", "host_and_port"]
 
@@ -76,7 +76,7 @@ def host_and_port(text: str) -> tuple[str, int]:
         if ":" in host:  # a bare IPv6 address: which colon ends it is ambiguous
             host = ""
     if not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise PinproxyError(f"{text[:100]!r} is not HOST:PORT")
+        raise PinproxyError(f"{quote(text)} is not HOST:PORT")
     return host, int(port_text)
 
 
@@ -90,4 +90,5 @@ def _check_type(name: str, value: Any, annotation: object) -> None:
     expected = _TYPES[str(annotation)]
     # bool is an int in Python: a JSON true must not pass as a port
     if (isinstance(value, bool) and bool not in expected) or not isinstance(value, expected):
-        raise PinproxyError(f"run configuration setting {name!r} has the wrong type: {value!r}")
+        raise PinproxyError(f"run configuration setting {name!r} has the wrong type: "
+                            f"{shorten(repr(value))}")

@@ -27,7 +27,7 @@ from typing import Protocol
 
 import bcrypt
 
-from pinproxy.errors import PinproxyError
+from pinproxy.errors import PinproxyError, quote
 from pinproxy.files import open_regular
 
 __all__ = ["Htpasswd", "SingleUser", "Verifier", "basic_credentials", "parse_proxy_auth"]
@@ -70,7 +70,7 @@ class SingleUser:
         if not user:
             raise PinproxyError("--proxy-auth: the user name before the first ':' is empty")
         if not password:
-            raise PinproxyError(f"--proxy-auth: the password of user {user[:64]!r} is empty")
+            raise PinproxyError(f"--proxy-auth: the password of user {quote(user)} is empty")
         return cls(user, _digest(user), _digest(password))
 
     def verify(self, user: str, password: str) -> bool:
@@ -119,7 +119,7 @@ class Htpasswd:
             if not colon or not user:
                 raise PinproxyError(f"{where}: expected 'user:hash'")
             if user in hashes:
-                raise PinproxyError(f"{where}: user {user[:64]!r} appears twice")
+                raise PinproxyError(f"{where}: user {quote(user)} appears twice")
             hashes[user] = _bcrypt_hash(hashed, where)
         if not hashes:
             raise PinproxyError(f"{path}: no users in the htpasswd file")

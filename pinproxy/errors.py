@@ -9,7 +9,29 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pinset imports pins, which imports this module
     from pinproxy.pinset import Location
 
-__all__ = ["FormatError", "HostnameError", "PinError", "PinproxyError", "PinsetError", "Problem"]
+__all__ = ["QUOTE_LIMIT", "FormatError", "HostnameError", "PinError", "PinproxyError",
+           "PinsetError", "Problem", "quote", "shorten"]
+
+QUOTE_LIMIT = 300  # characters echoed: more than any valid value (a 253-character host name)
+
+
+def shorten(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """`text` as a message shows it bare: cut to `limit` characters, marked when cut.
+
+    A value the user (or a client of the proxy) controls can be any size: a 50 MB host name
+    must not become a 50 MB error line, log line or 502 page.
+    """
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...[cut: {len(text)} characters]"
+
+
+def quote(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """`text` as a message quotes it: `repr` of at most `limit` characters, marked when cut
+    (`'abc'...[cut: 5000 characters]`), so escapes keep the message on one line."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}...[cut: {len(text)} characters]"
 
 
 class PinproxyError(Exception):

@@ -19,8 +19,8 @@ import secrets
 import stat
 from pathlib import Path
 
-__all__ = ["create_exclusively", "open_regular", "read_regular", "replace_atomically",
-           "write_all"]
+__all__ = ["PartialWriteError", "create_exclusively", "open_regular", "read_regular",
+           "replace_atomically", "write_all"]
 
 
 def open_regular(path: str | Path) -> io.BufferedReader:
@@ -47,21 +47,38 @@ def read_regular(path: str | Path) -> bytes:
         return stream.read()
 
 
+class PartialWriteError(OSError):
+    """A write that failed after some of the data was written: `written` bytes of it are in
+    the file (a reader of line records sees a torn line there)."""
+
+    def __init__(self, error: OSError, written: int) -> None:
+        super().__init__(error.errno, error.strerror)
+        self.written = written
+
+
 def write_all(fd: int, data: bytes) -> None:
     """Write every byte of `data` to `fd`, finishing after short writes and retrying on EINTR.
 
-    Raises OSError on failure (e.g. ENOSPC); a write that makes no progress is reported as ENOSPC
-    rather than looping forever.
+    Raises OSError on failure (e.g. ENOSPC), a `PartialWriteError` when part of `data` was
+    already written. A write that makes no progress (`os.write` returning 0 for data that is
+    not empty) is reported as ENOSPC rather than retried: it would loop for ever.
     """
     view = memoryview(data)
+    written = 0
     while view:
         try:
-            written = os.write(fd, view)
+            count = os.write(fd, view)
         except InterruptedError:
             continue
-        if written <= 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        view = view[written:]
+        except OSError as e:
+            if written == 0:
+                raise
+            raise PartialWriteError(e, written) from e
+        if count <= 0:
+            error = OSError(errno.ENOSPC, "no progress writing (" + os.strerror(errno.ENOSPC) + ")")
+            raise error if written == 0 else PartialWriteError(error, written)
+        view = view[count:]
+        written += count
 
 
 def _fsync_dir(directory: str) -> None:

@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import idna
 
-from pinproxy.errors import HostnameError
+from pinproxy.errors import HostnameError, quote
 
 __all__ = ["authority_host", "is_ip_literal", "normalize_host", "parent_domains",
            "parse_host_pattern"]
@@ -43,7 +43,8 @@ def _canonical_host(name: str) -> str:
             address = ipaddress.ip_address(text[1:-1] if bracketed else text)
         except ValueError:
             if bracketed:
-                raise HostnameError(f"host {name!r}: only IPv6 addresses go in brackets") from None
+                raise HostnameError(
+                    f"host {quote(name)}: only IPv6 addresses go in brackets") from None
         else:
             mapped = getattr(address, "ipv4_mapped", None)
             return str(mapped or address)
@@ -52,11 +53,12 @@ def _canonical_host(name: str) -> str:
         try:
             text = idna.encode(text, uts46=True).decode("ascii")
         except idna.IDNAError:
-            raise HostnameError(f"host {name!r} is not a valid internationalised name") from None
+            raise HostnameError(
+                f"host {quote(name)} is not a valid internationalised name") from None
     if len(text) > 253 or not _NAME.fullmatch(text):
-        raise HostnameError(f"host {name!r} is not a valid host name or IP address")
+        raise HostnameError(f"host {quote(name)} is not a valid host name or IP address")
     if text.rpartition(".")[2].isdigit():  # 127.1, 010.0.0.1: resolvers read IPv4 addresses
-        raise HostnameError(f"host {name!r} is neither a DNS name nor an IP address in "
+        raise HostnameError(f"host {quote(name)} is neither a DNS name nor an IP address in "
                             "dotted-quad form")
     return text
 
@@ -89,11 +91,11 @@ def parse_host_pattern(text: str, include_subdomains: bool = False) -> str:
     wildcard = text.startswith("*.")
     base = text[2:] if wildcard else text
     if "*" in base:
-        raise HostnameError(f"host {text!r}: '*' is allowed only as a whole leftmost label, "
+        raise HostnameError(f"host {quote(text)}: '*' is allowed only as a whole leftmost label, "
                             "as in '*.example.com'")
     base = _canonical_host(base)  # not the cache: a pinset's names are read once
     # A canonical name never holds a colon nor ends in an all-digit label: an address does.
     if (wildcard or include_subdomains) and (":" in base or base.rpartition(".")[2].isdigit()):
-        raise HostnameError(f"host {text!r} is an IP address: it takes neither '*.' "
+        raise HostnameError(f"host {quote(text)} is an IP address: it takes neither '*.' "
                             "nor include_subdomains")
     return f"*.{base}" if wildcard else base

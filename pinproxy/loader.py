@@ -17,7 +17,7 @@ from typing import BinaryIO
 import yaml
 
 from pinproxy._yamltree import Alias, Mapping, Node, Scalar, Sequence, parse_documents
-from pinproxy.errors import PinproxyError, PinsetError, Problem
+from pinproxy.errors import PinproxyError, PinsetError, Problem, quote
 from pinproxy.files import open_regular, read_regular
 from pinproxy.hostnames import parse_host_pattern
 from pinproxy.pins import Pin, parse_pin, read_pem_or_der
@@ -40,7 +40,7 @@ _TYPE_NAMES = {_STR: "a string", _INT: "a number", _BOOL: "a boolean", _TIMESTAM
 def parse_day(text: str) -> dt.date:
     """A day written YYYY-MM-DD, and nothing else `date.fromisoformat` would take; ValueError."""
     if not _DATE.fullmatch(text):
-        raise ValueError(f"{text!r} is not a date written YYYY-MM-DD")
+        raise ValueError(f"{quote(text)} is not a date written YYYY-MM-DD")
     return dt.date.fromisoformat(text)
 
 
@@ -122,7 +122,7 @@ class _Parser:
         if version is not None and text is not None and (
             not text.isdigit() or int(text) not in SUPPORTED_VERSIONS
         ):
-            self.problem(version, f"unsupported pinset version {text!r}: "
+            self.problem(version, f"unsupported pinset version {quote(text)}: "
                                   "this pinproxy reads version 1")
         mode = self._choice(fields.get("mode"), "'mode'", Mode, Mode.ENFORCE)
         unpinned = self._choice(fields.get("unpinned"), "'unpinned'", Unpinned, Unpinned.ALLOW)
@@ -150,7 +150,7 @@ class _Parser:
             return
         rule, inherits_mode = found
         if rule.host in self.first_line:
-            self.problem(node, f"host {rule.host!r} has a second rule; "
+            self.problem(node, f"host {quote(rule.host)} has a second rule; "
                                f"the first is at line {self.first_line[rule.host]}")
             return
         self.first_line[rule.host] = node.line
@@ -219,7 +219,7 @@ class _Parser:
                 try:
                     data = read_regular(path)
                 except OSError as e:
-                    self.problem(node, f"pin file {str(path)!r}: {e.strerror or e}")
+                    self.problem(node, f"pin file {quote(str(path))}: {e.strerror or e}")
                     return None
                 return [self.pins.setdefault(item.spki, item.spki)
                         for item in read_pem_or_der(data, str(path))]
@@ -237,7 +237,7 @@ class _Parser:
                 pass
         if not self._refuse_alias(node):
             shown = node.value if isinstance(node, Scalar) else _kind(node)
-            self.problem(node, f"'expires' must be a date written YYYY-MM-DD, not {shown!r}")
+            self.problem(node, f"'expires' must be a date written YYYY-MM-DD, not {quote(shown)}")
         return None
 
     def _boolean(self, node: Node, what: str) -> bool | None:
@@ -247,7 +247,7 @@ class _Parser:
             return node.value.lower() == "true"
         if not self._refuse_alias(node):
             shown = node.value if isinstance(node, Scalar) else _kind(node)
-            self.problem(node, f"{what} must be true or false, not {shown!r}")
+            self.problem(node, f"{what} must be true or false, not {quote(shown)}")
         return None
 
     def _choice[E: (Mode, Unpinned)](
@@ -262,7 +262,7 @@ class _Parser:
         try:
             return choices(text)
         except ValueError:
-            self.problem(node, f"{what} must be {allowed}, not {text!r}")
+            self.problem(node, f"{what} must be {allowed}, not {quote(text)}")
             return None
 
     # -- structure helpers -----------------------------------------------------------------
@@ -281,12 +281,13 @@ class _Parser:
             key_node, value_node = items[index], items[index + 1]
             key = key_node.value if isinstance(key_node, Scalar) else None
             if not isinstance(key_node, Scalar) or key is None or key_node.tag != _STR:
-                self.problem(key_node, f"{what} has a key that is not a name: {key!r}")
+                shown = quote(key) if key is not None else None
+                self.problem(key_node, f"{what} has a key that is not a name: {shown}")
             elif key in key_lines:
-                self.problem(key_node, f"duplicate key {key!r} in {what} "
+                self.problem(key_node, f"duplicate key {quote(key)} in {what} "
                                        f"(first at line {key_lines[key]})")
             elif key not in keys:
-                self.problem(key_node, f"unknown key {key!r} in {what}; "
+                self.problem(key_node, f"unknown key {quote(key)} in {what}; "
                                        f"expected {', '.join(sorted(keys))}")
             else:
                 fields[key] = value_node
@@ -304,7 +305,7 @@ class _Parser:
                 return node.value
             if found in (_BOOL, _INT) and tag == _STR:
                 self.problem(node, f"{what} must be {hint or _TYPE_NAMES[tag]}, not the YAML "
-                                   f"{_TYPE_NAMES[found][2:]} {node.value!r}; quote it if you "
+                                   f"{_TYPE_NAMES[found][2:]} {quote(node.value)}; quote it if you "
                                    "mean the text")
                 return None
         if not self._refuse_alias(node):
@@ -335,7 +336,7 @@ def _kind(node: Node | None) -> str:
         return "a list"
     if isinstance(node, Scalar):
         described = _TYPE_NAMES.get(node.tag, "a value")
-        return f"{described} {node.value!r}" if node.value else "an empty value"
+        return f"{described} {quote(node.value)}" if node.value else "an empty value"
     if isinstance(node, Alias):
         return "a YAML alias"
     return "nothing"

@@ -17,6 +17,8 @@ from typing import Any, TextIO
 
 from pythonjsonlogger.json import JsonFormatter
 
+from pinproxy.errors import shorten
+
 __all__ = ["FORMATS", "JsonLines", "configure"]
 
 FORMATS = ("text", "json")
@@ -42,6 +44,18 @@ class _Handler(logging.StreamHandler[TextIO]):
     """Ours, so that configuring again replaces it instead of adding a second one."""
 
 
+MESSAGE_LIMIT = 4096  # characters of one log message
+
+
+def _cut_long_message(record: logging.LogRecord) -> bool:
+    """A client controls what some messages echo (mitmproxy logs a bad request line whole, a
+    megabyte of it): no message is longer than `MESSAGE_LIMIT` characters, marked when cut."""
+    message = record.getMessage()
+    if len(message) > MESSAGE_LIMIT:
+        record.msg, record.args = shorten(message, MESSAGE_LIMIT), None
+    return True
+
+
 def configure(level: str, format: str = "text", text: logging.Formatter | None = None,
               stream: TextIO | None = None) -> logging.Handler:
     """Send every record at `level` or above to `stream` (stderr) in `format`; `text` is the
@@ -51,6 +65,7 @@ def configure(level: str, format: str = "text", text: logging.Formatter | None =
         if isinstance(handler, _Handler):
             root.removeHandler(handler)
     handler = _Handler(stream if stream is not None else sys.stderr)
+    handler.addFilter(_cut_long_message)
     if format == "json":
         handler.setFormatter(JsonLines())
     else:

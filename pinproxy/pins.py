@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_public_key,
 )
 
-from pinproxy.errors import PinError
+from pinproxy.errors import PinError, quote
 
 __all__ = [
     "CertificatePins",
@@ -98,7 +98,7 @@ def parse_pin(text: str) -> Pin:
     prefix, slash, body = value.partition("/")
     if not slash or not _PREFIX.fullmatch(prefix):
         raise PinError(
-            f"pin {text!r} has no prefix: write 'sha256/<base64>' for a public-key (SPKI) pin "
+            f"pin {quote(text)} has no prefix: write 'sha256/<base64>' for a public-key (SPKI) pin "
             "or 'cert-sha256/<base64>' for a whole-certificate pin"
         )
     match prefix.lower():
@@ -112,12 +112,12 @@ def parse_pin(text: str) -> Pin:
             if _HEX.match(body):
                 return Pin(PinKind.CERTIFICATE, bytes.fromhex(body.replace(":", "")))
             if _HEXISH.fullmatch(body) and len(body) != 44:
-                raise PinError(f"pin {text!r} is not the hex of a 32-byte SHA-256 digest "
+                raise PinError(f"pin {quote(text)} is not the hex of a 32-byte SHA-256 digest "
                                "(64 hex digits, colons allowed)")
             return Pin(PinKind.CERTIFICATE, _decode_base64(body, text))
         case _:
             raise PinError(
-                f"pin {text!r} uses the unsupported prefix {prefix + '/'!r}: only 'sha256/' "
+                f"pin {quote(text)} uses the unsupported prefix {prefix + '/'!r}: only 'sha256/' "
                 "(public key, SPKI) and 'cert-sha256/' (whole certificate) pins are accepted"
             )
 
@@ -129,7 +129,7 @@ def _decode_base64(body: str, text: str) -> bytes:
         digest = b""
     # Only the canonical spelling: what a2b_base64 skipped or tolerated does not re-encode.
     if len(digest) != DIGEST_SIZE or binascii.b2a_base64(digest, newline=False) != body.encode():
-        raise PinError(f"pin {text!r} is not base64 of a 32-byte SHA-256 digest")
+        raise PinError(f"pin {quote(text)} is not base64 of a 32-byte SHA-256 digest")
     return digest
 
 

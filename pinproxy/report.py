@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pinproxy.files import write_all
+from pinproxy.errors import shorten
+from pinproxy.files import PartialWriteError, write_all
 from pinproxy.pins import CertificatePins, PinKind
 from pinproxy.pinset import Pinset
 from pinproxy.policy import Decision, Reason
@@ -60,7 +61,7 @@ def decision_fields(decision: Decision, port: int | None = None) -> dict[str, st
     """The fields of a decision's canonical log record (JSON log) and line (`log_line`)."""
     fields: dict[str, str | int | None] = {
         "action": decision.action.value,
-        "host": decision.host or "-",
+        "host": shorten(decision.host) or "-",  # a client's invalid host can be any size
         "port": port,
         "reason": decision.reason.value,
         "rule": _rule_location(decision),
@@ -90,7 +91,7 @@ def _text(key: str, value: str | int | None) -> str:
 def refusal_page(decision: Decision) -> str:
     """The body of the 502 a client gets: enough to fix the pinset from the error alone."""
     lines = [
-        f"pinproxy refused the connection to {decision.host or '(no host)'}",
+        f"pinproxy refused the connection to {shorten(decision.host) or '(no host)'}",
         f"reason: {decision.reason.value}: {_EXPLANATIONS[decision.reason]}",
     ]
     if decision.detail:
@@ -121,7 +122,7 @@ def violation_record(
     )
     return {
         "date-time": now.astimezone(dt.UTC).isoformat(timespec="seconds"),
-        "hostname": decision.host,
+        "hostname": shorten(decision.host),
         "port": port,
         "effective-expiration-date": expiry,
         "include-subdomains": rule.include_subdomains if rule else False,
@@ -161,23 +162,78 @@ def pinset_summary(pinset: Pinset, path: str | None, sha256: str | None,
 
 
 class ReportLog:
-    """Appends one JSON object per line to an O_APPEND file.
+    """Appends one JSON object per line to an O_APPEND file, and follows the file's path.
 
     One `os.write` per record is what keeps records from several worker processes whole (each
     O_APPEND write lands at the end as one piece); `write_all` finishes a record the kernel wrote
-    only in part. A failure raises OSError, which the caller logs and counts.
+    only in part, or raises. A failure raises OSError, which the caller logs and counts; a
+    record cut short by one is ended by a newline before the next, so it spoils only its line.
+
+    Log rotation moves or deletes the file: before each write the path is `os.stat`ed and
+    compared with the open descriptor (as `logging.handlers.WatchedFileHandler` does, one
+    syscall per violation record), and a different or missing file is reopened (re-created).
+    `reopen` (SIGHUP) does the same unconditionally. Nothing that fails disables the log: a
+    failed open leaves no descriptor, so the next record opens the path again, and a failed
+    write (a full disk) is tried again with the next record. With `--workers N` each process
+    sees the path change and reopens on its own.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._fd: int | None = None
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
+        self._torn = False  # the last write stopped inside a record
+        self._open()  # at start-up a path that cannot be opened is the operator's error
+
+    def _open(self) -> int:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd, self._identity, self._torn = fd, (st.st_dev, st.st_ino), False
+        return fd
+
+    def _close(self) -> None:
+        fd, self._fd, self._identity = self._fd, None, None
+        if fd is not None:
+            os.close(fd)
+
+    def _current_fd(self) -> int:
+        """The descriptor of the file now at the path, reopening it if the path changed."""
+        if self._fd is not None:
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                st = None  # deleted (or moved away): re-create it
+            if st is not None and (st.st_dev, st.st_ino) == self._identity:
+                return self._fd
+            self._close()
+        return self._open()
 
     def write(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8")
         with self._lock:
-            write_all(self._fd, line)
+            fd = self._current_fd()
+            if self._torn:  # end the record a failed write left half-written on its own line
+                line = b"\n" + line
+            try:
+                write_all(fd, line)
+            except PartialWriteError as e:
+                self._torn = not line[:e.written].endswith(b"\n")
+                raise
+            self._torn = False
+
+    def reopen(self) -> None:
+        """Close the file and open the path again (SIGHUP, after logrotate moved the file).
+
+        OSError if the path cannot be opened; the next `write` tries again."""
+        with self._lock:
+            self._close()
+            self._open()
 
     def close(self) -> None:
         with self._lock:
-            os.close(self._fd)
+            self._close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pinproxy.files import (
+    PartialWriteError,
     create_exclusively,
     open_regular,
     read_regular,
@@ -68,6 +70,64 @@ def test_write_all_writes_every_byte(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert target.read_bytes() == data
+
+
+def test_write_all_finishes_short_writes_and_retries_eintr(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "out"
+    real_write = os.write
+    calls = {"n": 0}
+
+    def short_write(fd: int, data: bytes) -> int:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise InterruptedError
+        return real_write(fd, bytes(data[:3]))  # at most 3 bytes a call
+
+    monkeypatch.setattr(os, "write", short_write)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        write_all(fd, b"0123456789")
+    finally:
+        os.close(fd)
+    assert target.read_bytes() == b"0123456789"
+
+
+@pytest.mark.parametrize(("results", "error", "written"), [
+    ([0], OSError, None),  # no progress at all: ENOSPC, not a loop for ever
+    ([4, 0], PartialWriteError, 4),  # progress, then none
+])
+def test_write_all_never_spins_on_a_zero_byte_write(
+        monkeypatch: pytest.MonkeyPatch, results: list[int], error: type[OSError],
+        written: int | None) -> None:
+    returned = iter(results)
+    calls = {"n": 0}
+
+    def stuck_write(fd: int, data: bytes) -> int:
+        calls["n"] += 1
+        return next(returned)
+
+    monkeypatch.setattr(os, "write", stuck_write)
+    with pytest.raises(error) as failed:
+        write_all(99, b"0123456789")
+    assert failed.value.errno == errno.ENOSPC
+    assert calls["n"] == len(results)
+    assert getattr(failed.value, "written", None) == written
+    assert (type(failed.value) is PartialWriteError) is (written is not None)
+
+
+def test_write_all_reports_how_much_of_a_record_a_full_pipe_took() -> None:
+    """A real short write: a non-blocking pipe takes what fits, then refuses the rest."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    try:
+        with pytest.raises(PartialWriteError) as failed:
+            write_all(write_end, b"x" * (4 << 20))
+        assert 0 < failed.value.written < 4 << 20
+        assert failed.value.errno == errno.EAGAIN
+    finally:
+        os.close(read_end)
+        os.close(write_end)
 
 
 @pytest.mark.parametrize("mode", [0o600, 0o644])

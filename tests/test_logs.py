@@ -103,3 +103,15 @@ hosts:
 
 def _decisions(proxy: Proxy) -> list[str]:
     return [line for line in proxy.output().splitlines() if '"event": "decision"' in line]
+
+
+def test_a_huge_message_is_cut() -> None:
+    """mitmproxy logs a client's bad request line whole: a megabyte must not become one line."""
+    stream = io.StringIO()
+    logs.configure("info", "text", stream=stream)
+    logging.getLogger("mitmproxy.test").warning("Bad HTTP request line: %r", b"a" * 1_000_000)
+    logging.getLogger("mitmproxy.test").warning("short %s", "line")
+    lines = stream.getvalue().splitlines()
+    assert len(lines[0]) < logs.MESSAGE_LIMIT + 100
+    assert lines[0].endswith("...[cut: 1000026 characters]")
+    assert lines[1] == "short line"

@@ -7,9 +7,11 @@ verified chain by position (0 = leaf). Decisions come from `decide` on real trus
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import json
 import multiprocessing
+import os
 import shlex
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from pinproxy.files import PartialWriteError
 from pinproxy.pins import Pin, PinKind
 from pinproxy.pinset import HostRule, Location, Mode, Pinset, Unpinned
 from pinproxy.policy import Action, Decision, Reason, decide, decide_plaintext, refuse_on_error
@@ -263,6 +266,91 @@ def test_report_log_lines_stay_whole_across_processes(tmp_path: Path) -> None:
     assert len(parsed) == 200
     assert sorted((p["writer"], p["i"]) for p in parsed) == [(n, i) for n in range(4)
                                                              for i in range(50)]
+
+
+def _lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.mark.parametrize("change", ["none", "rename", "unlink", "replace", "reopen"])
+def test_report_log_follows_its_path(tmp_path: Path, change: str) -> None:
+    """A moved, deleted or replaced file is reopened at the path before the next record (one
+    stat per record); without a change the same file goes on; `reopen` (SIGHUP) reopens."""
+    path = tmp_path / "reports.jsonl"
+    moved = tmp_path / "reports.jsonl.1"
+    log = ReportLog(path)
+    log.write({"n": 1})
+    if change == "rename":
+        path.rename(moved)
+    elif change == "unlink":
+        path.unlink()
+    elif change == "replace":
+        path.rename(moved)
+        path.write_text('{"n":0}\n')
+    elif change == "reopen":
+        path.rename(moved)
+        log.reopen()
+        assert path.exists()  # re-created at once
+    log.write({"n": 2})
+    log.close()
+    if change == "none":
+        assert _lines(path) == [{"n": 1}, {"n": 2}]
+    else:
+        assert _lines(path)[-1] == {"n": 2} and {"n": 1} not in _lines(path)
+        assert _lines(moved) == ([{"n": 1}] if change != "unlink" else [])
+
+
+def test_report_log_retries_after_a_failed_open(tmp_path: Path) -> None:
+    path = tmp_path / "reports.jsonl"
+    log = ReportLog(path)
+    path.unlink()
+    path.mkdir()  # the path cannot be opened
+    for _ in range(2):
+        with pytest.raises(IsADirectoryError):
+            log.write({"n": 1})
+    with pytest.raises(IsADirectoryError):
+        log.reopen()
+    path.rmdir()
+    log.write({"n": 2})
+    log.close()
+    assert _lines(path) == [{"n": 2}]
+
+
+def test_report_log_ends_a_torn_record_before_the_next(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails half-way leaves half a line: the next record starts on its own line,
+    so a reader loses only the torn one."""
+    path = tmp_path / "reports.jsonl"
+    log = ReportLog(path)
+    real_write = os.write
+    calls = {"n": 0}
+
+    def failing_write(fd: int, data: bytes) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return real_write(fd, bytes(data[:5]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", failing_write)
+    with pytest.raises(PartialWriteError) as failed:
+        log.write({"n": 1})
+    assert failed.value.written == 5 and failed.value.errno == errno.ENOSPC
+    monkeypatch.setattr(os, "write", real_write)
+    log.write({"n": 2})
+    log.write({"n": 3})
+    log.close()
+    assert path.read_text().splitlines() == ['{"n":', '{"n":2}', '{"n":3}']
+
+
+def test_a_huge_client_host_is_cut_on_the_page_the_line_and_the_record() -> None:
+    name = "b" * 1_000_000 + ".test"
+    decision = decide(Pinset(rules=(), source="p"), [name], (), TODAY)
+    assert decision.reason is Reason.INVALID_HOST
+    page, line = refusal_page(decision), log_line(decision, 80)
+    record = json.dumps(violation_record(decision, 80, (), NOW))
+    for text in (page, line, record):
+        assert len(text) < 2000
+        assert "...[cut: 1000005 characters]" in text
 
 
 # -- refusals without a rule still show their evidence -------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from pinproxy.errors import PinproxyError
+from pinproxy.errors import PinproxyError, quote
 
 __all__ = ["ConnectTo", "connect_to", "host_port", "port"]
 
@@ -17,7 +17,7 @@ def port(text: str) -> int:
     except ValueError:
         value = -1
     if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+        raise argparse.ArgumentTypeError(f"{quote(text)} is not a port number (0-65535)")
     return value
 
 
@@ -31,7 +31,7 @@ def host_port(target: str, default_port: int = 443) -> tuple[str, int]:
     else:
         host, port_text = target, str(default_port)
     if not host or not _is_port(port_text):
-        raise PinproxyError(f"{target!r} is not HOST[:PORT]")
+        raise PinproxyError(f"{quote(target)} is not HOST[:PORT]")
     return host, int(port_text)
 
 
@@ -60,7 +60,7 @@ def connect_to(text: str) -> ConnectTo:
     parts = _split_colons(text)
     if len(parts) != 4 or not all(p == "" or _is_port(p) for p in (parts[1], parts[3])):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not HOST:PORT:ADDR:PORT (ports 1-65535; empty means any/same)")
+            f"{quote(text)} is not HOST:PORT:ADDR:PORT (ports 1-65535; empty means any/same)")
     host, port_text, address, address_port = parts
     return ConnectTo(host.strip("[]"), int(port_text) if port_text else None,
                      address.strip("[]"), int(address_port) if address_port else None)

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from pinproxy.commands._args import ConnectTo, connect_to
+from pinproxy.errors import quote
 from pinproxy.tools.probe import target_text
 
 __all__ = ["add_probe_options", "progress", "seconds"]
@@ -19,7 +20,7 @@ def seconds(text: str) -> float:
     except ValueError:
         value = -1.0
     if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0-3600)")
+        raise argparse.ArgumentTypeError(f"{quote(text)} is not a number of seconds (0-3600)")
     return value
 
 

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from cryptography.x509.oid import NameOID
 
-from pinproxy.errors import PinproxyError
+from pinproxy.errors import PinproxyError, quote
 from pinproxy.files import write_all
 from pinproxy.hostnames import is_ip_literal, normalize_host
 from pinproxy.pins import Pin, spki_pin
@@ -91,7 +91,7 @@ def backup_key(args: argparse.Namespace) -> int:
         raise PinproxyError(f"--out {args.out}: no such directory")
     name: str = args.name
     if not name or name in (".", "..") or "/" in name or os.sep in name or "\0" in name:
-        raise PinproxyError(f"--name {name!r}: give a plain file name, without directories "
+        raise PinproxyError(f"--name {quote(name)}: give a plain file name, without directories "
                             "(use --out for the directory)")
     sans = [_san(text) for text in args.san]
     subject = _subject(args.subject) if args.subject is not None else _default_subject(sans)
@@ -110,12 +110,12 @@ def _san(text: str) -> x509.GeneralName:
             host = normalize_host(value.removeprefix("*."))
             if not is_ip_literal(host):
                 return x509.DNSName(f"*.{host}" if wildcard else host)
-            raise PinproxyError(f"--san {text!r}: an IP address goes in IP:{value}")
+            raise PinproxyError(f"--san {quote(text)}: an IP address goes in IP:{value}")
         if colon and kind.upper() == "IP":
             return x509.IPAddress(ipaddress.ip_address(value.strip("[]")))
     except ValueError as e:  # HostnameError included
-        raise PinproxyError(f"--san {text!r}: {e}") from None
-    raise PinproxyError(f"--san {text!r}: write DNS:<name> or IP:<address>")
+        raise PinproxyError(f"--san {quote(text)}: {e}") from None
+    raise PinproxyError(f"--san {quote(text)}: write DNS:<name> or IP:<address>")
 
 
 def _subject(text: str) -> x509.Name:
@@ -123,10 +123,10 @@ def _subject(text: str) -> x509.Name:
         name = x509.Name.from_rfc4514_string(text)
     except ValueError as e:
         reason = f": {e}" if str(e) else ""
-        raise PinproxyError(f"--subject {text!r} is not a distinguished name such as "
+        raise PinproxyError(f"--subject {quote(text)} is not a distinguished name such as "
                             f"'CN=api.example.com,O=Example' (RFC 4514){reason}") from None
     if not list(name):
-        raise PinproxyError(f"--subject {text!r} is empty; for example 'CN=api.example.com'")
+        raise PinproxyError(f"--subject {quote(text)} is empty; for example 'CN=api.example.com'")
     return name
 
 

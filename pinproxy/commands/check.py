@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 
 from pinproxy.commands._probe_options import add_probe_options
-from pinproxy.errors import PinproxyError, PinsetError, Problem
+from pinproxy.errors import PinproxyError, PinsetError, Problem, quote
 from pinproxy.loader import load_pinset, parse_day
 from pinproxy.pinset import Pinset
 from pinproxy.tools.lint import CODES, Finding, Severity, lint
@@ -91,7 +91,8 @@ def _day(text: str) -> dt.date:
     try:
         return parse_day(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date written YYYY-MM-DD") from None
+        raise argparse.ArgumentTypeError(
+            f"{quote(text)} is not a date written YYYY-MM-DD") from None
 
 
 def _exit_code(findings: Sequence[Finding], strict: bool) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pinproxy.commands._args import host_port
 from pinproxy.commands._probe_options import add_probe_options, progress
-from pinproxy.errors import PinproxyError
+from pinproxy.errors import PinproxyError, quote
 from pinproxy.files import create_exclusively, replace_atomically
 from pinproxy.hostnames import normalize_host
 from pinproxy.loader import parse_pinset
@@ -89,7 +89,7 @@ def _targets(texts: list[str]) -> list[tuple[str, int]]:
         host, port = host_port(text)
         host = normalize_host(host)
         if host in targets:
-            raise PinproxyError(f"{text!r}: host {host} is given twice; a rule covers "
+            raise PinproxyError(f"{quote(text)}: host {host} is given twice; a rule covers "
                                 "every port of its host")
         targets[host] = (host, port)
     return list(targets.values())

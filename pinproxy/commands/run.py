@@ -18,7 +18,7 @@ from pinproxy import logs
 from pinproxy.commands._args import port
 from pinproxy.config import RunConfig, host_and_port
 from pinproxy.credentials import parse_proxy_auth
-from pinproxy.errors import PinproxyError
+from pinproxy.errors import PinproxyError, quote
 from pinproxy.loader import load_pinset
 from pinproxy.pinset import Pinset
 from pinproxy.proxy.ca import ensure_ca
@@ -171,7 +171,7 @@ def _for_argparse(parse: Callable[[str], object]) -> Callable[[str], object]:
         try:
             return parse(text)
         except ValueError as e:
-            raise argparse.ArgumentTypeError(f"{text[:100]!r} {e}") from None
+            raise argparse.ArgumentTypeError(f"{quote(text)} {e}") from None
     return convert
 
 
@@ -188,7 +188,7 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, object]:
         try:
             values[flag.name] = (flag.parse or _boolean)(text)
         except ValueError as e:
-            raise PinproxyError(f"{flag.variable}={text[:100]!r} {e}") from None
+            raise PinproxyError(f"{flag.variable}={quote(text)} {e}") from None
     return values
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from pinproxy.errors import FormatError
+from pinproxy.errors import FormatError, quote
 from pinproxy.formats import android, envoy, hpkp, ios, okhttp
 from pinproxy.formats.model import (
     Converted,
@@ -69,7 +69,7 @@ def import_pins(data: bytes, source: str, fmt: str | None = None, host: str | No
         raise FormatError(f"{source}: cannot tell the format from the content; give --format "
                           f"{'|'.join(IMPORT_FORMATS)}")
     if fmt not in IMPORT_FORMATS:
-        raise FormatError(f"unknown import format {fmt!r}: choose {', '.join(IMPORT_FORMATS)}")
+        raise FormatError(f"unknown import format {quote(fmt)}: choose {', '.join(IMPORT_FORMATS)}")
     if host is not None and fmt != "hpkp":
         raise FormatError(f"--host names the host of HPKP headers, but {source} is read as "
                           f"{IMPORT_FORMATS[fmt]}")
@@ -120,7 +120,7 @@ def _render(pinset: Pinset, fmt: str, now: datetime) -> Converted:
             return envoy.render(pinset)
         case "hpkp":
             return hpkp.render(pinset, now)
-    raise FormatError(f"unknown export format {fmt!r}: choose {', '.join(EXPORT_FORMATS)}")
+    raise FormatError(f"unknown export format {quote(fmt)}: choose {', '.join(EXPORT_FORMATS)}")
 
 
 def _in_file_order(notices: Iterable[Notice]) -> tuple[Notice, ...]:

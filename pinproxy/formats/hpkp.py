@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, time, timedelta
 
-from pinproxy.errors import FormatError, PinproxyError
+from pinproxy.errors import FormatError, PinproxyError, quote
 from pinproxy.formats.model import (
     Converted,
     Entry,
@@ -72,7 +72,7 @@ def _directives(value: str, where: Location) -> list[tuple[str, str | None]]:
             continue
         match = _DIRECTIVE.match(value, position)
         if match is None:
-            raise FormatError(f"{where}: cannot read the header at {value[position:]!r}")
+            raise FormatError(f"{where}: cannot read the header at {quote(value[position:])}")
         raw = match.group(2)
         if raw is not None and raw.startswith('"'):
             raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
@@ -89,7 +89,7 @@ def _entry(host: str, mode: Mode, directives: list[tuple[str, str | None]], wher
     seen: set[str] = set()
     for name, raw in directives:
         if name in seen and not name.startswith("pin-"):
-            raise FormatError(f"{where}: directive {name!r} appears twice (RFC 7469: browsers "
+            raise FormatError(f"{where}: directive {quote(name)} appears twice (RFC 7469: browsers "
                               "ignore such a header)")
         seen.add(name)
         if name == "pin-sha256":
@@ -102,7 +102,8 @@ def _entry(host: str, mode: Mode, directives: list[tuple[str, str | None]], wher
                                          "defined); left out"))
         elif name == "max-age":
             if raw is None or not raw.isdigit():
-                raise FormatError(f"{where}: max-age={raw!r} is not a number of seconds")
+                shown = quote(raw) if raw is not None else None
+                raise FormatError(f"{where}: max-age={shown} is not a number of seconds")
             max_age = int(raw)
         elif name == "includesubdomains":
             include = True
@@ -110,7 +111,7 @@ def _entry(host: str, mode: Mode, directives: list[tuple[str, str | None]], wher
             notices.append(Notice(where, f"report-uri {raw!r} is not kept: pinproxy writes "
                                          "violation reports with 'pinproxy run --report-log'"))
         else:
-            notices.append(Notice(where, f"unknown directive {name!r} ignored, as RFC 7469 "
+            notices.append(Notice(where, f"unknown directive {quote(name)} ignored, as RFC 7469 "
                                          "asks", lossy=False))
     if max_age is None:
         raise FormatError(f"{where}: the header has no max-age (RFC 7469 requires one)")

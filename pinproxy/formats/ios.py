@@ -15,7 +15,7 @@ import plistlib
 from typing import Any
 from xml.sax.saxutils import escape
 
-from pinproxy.errors import FormatError, PinproxyError
+from pinproxy.errors import FormatError, PinproxyError, quote, shorten
 from pinproxy.formats._xml import Element, parse_xml, xml_comment
 from pinproxy.formats.model import (
     Converted,
@@ -58,10 +58,10 @@ def parse(data: bytes, source: str) -> Parsed:
         line = lines.get(domain, 0)
         where = at(source, line)
         if not isinstance(config, dict):
-            raise FormatError(f"{where}: {_PINNED} entry {domain!r} must be a dictionary")
+            raise FormatError(f"{where}: {_PINNED} entry {quote(domain)} must be a dictionary")
         include = config.get(_SUBDOMAINS, False)
         if not isinstance(include, bool):
-            raise FormatError(f"{where}: {domain}: {_SUBDOMAINS} must be a boolean")
+            raise FormatError(f"{where}: {shorten(domain)}: {_SUBDOMAINS} must be a boolean")
         unknown = sorted(set(config) - {_SUBDOMAINS, *_LISTS})
         if unknown:
             notices.append(Notice(where, f"{domain}: keys {', '.join(unknown)} are not "

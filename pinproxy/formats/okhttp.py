@@ -19,7 +19,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import replace
 
-from pinproxy.errors import FormatError, PinproxyError
+from pinproxy.errors import FormatError, PinproxyError, quote
 from pinproxy.formats.model import (
     Converted,
     Entry,
@@ -90,11 +90,11 @@ def _entry(pattern: str, pins: list[str], where: Location, line: int,
     for text in pins:
         prefix = text.partition("/")[0].lower()
         if prefix == "sha1":
-            notices.append(Notice(where, f"{pattern}: sha1 pin {text!r} cannot be mapped "
+            notices.append(Notice(where, f"{pattern}: sha1 pin {quote(text)} cannot be mapped "
                                          "(pinproxy pins are SHA-256 digests); left out"))
             continue
         if prefix != "sha256":
-            raise FormatError(f"{where}: pin {text!r}: OkHttp accepts only 'sha256/' and "
+            raise FormatError(f"{where}: pin {quote(text)}: OkHttp accepts only 'sha256/' and "
                               "'sha1/' pins")
         try:
             lines.append(PinLine(parse_pin(text)))

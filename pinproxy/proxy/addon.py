@@ -30,8 +30,7 @@ from OpenSSL import SSL, crypto
 
 from pinproxy import metrics
 from pinproxy.admin import Readiness
-from pinproxy.config import DEFAULT_PINSET
-from pinproxy.errors import PinproxyError
+from pinproxy.errors import PinproxyError, quote
 from pinproxy.loader import load_pinset
 from pinproxy.pins import CertificatePins
 from pinproxy.pinset import Location, Pinset
@@ -77,6 +76,11 @@ def _today() -> dt.date:
 class Pinning:
     """Enforces a pinset on every upstream TLS connection mitmproxy makes."""
 
+    # The `pinset` option's default: none. `pinproxy run` always names the pinset, and when an
+    # option update fails mitmproxy re-applies the previous values, the defaults at start-up:
+    # a default file there would be loaded, and its error reported instead of the real one.
+    pinset_default = ""
+
     def __init__(self, label: str = "", load: Callable[[str], Pinset] = load_pinset) -> None:
         self.label = label  # e.g. "worker 1/2", shown in the start-up line
         self._expiry_noted: set[Location] = set()
@@ -110,7 +114,7 @@ class Pinning:
     # -- options ---------------------------------------------------------------------------
 
     def load(self, loader: Loader) -> None:
-        loader.add_option("pinset", str, DEFAULT_PINSET,
+        loader.add_option("pinset", str, self.pinset_default,
                           "Pinset YAML file whose pins every upstream TLS connection must satisfy.")
         loader.add_option("pinset_report_log", str, "",
                           "Append one JSON object per pin violation to this file.")
@@ -132,9 +136,10 @@ class Pinning:
             for spec in ctx.options.mode:
                 if not isinstance(ProxyMode.parse(spec), RegularMode):
                     raise exceptions.OptionsError(
-                        f"pinproxy supports only the regular (forward proxy) mode, not {spec!r}:"
-                        " other modes can pass traffic (QUIC/HTTP/3, DTLS) without the check")
-        if "pinset" in updated:
+                        "pinproxy supports only the regular (forward proxy) mode, not "
+                        f"{quote(spec)}: other modes can pass traffic (QUIC/HTTP/3, DTLS)"
+                        " without the check")
+        if "pinset" in updated and ctx.options.pinset:  # "": no pinset named, nothing to load
             self.reload(force=False)
         if "pinset_report_log" in updated:
             self._open_report_log(ctx.options.pinset_report_log)
@@ -160,7 +165,18 @@ class Pinning:
                 self._report_log = ReportLog(path)
             except OSError as e:
                 raise exceptions.OptionsError(
-                    f"pinproxy cannot open report log {path!r}: {e.strerror or e}") from None
+                    f"pinproxy cannot open report log {quote(path)}: {e.strerror or e}") from None
+
+    def reopen_report_log(self) -> None:
+        """Open the report log's path again (SIGHUP, after logrotate moved the file). A failure
+        is logged; the next violation record tries again (and is counted if it fails)."""
+        if self._report_log is None:
+            return
+        try:
+            self._report_log.reopen()
+        except OSError as e:
+            logger.error("pinproxy could not reopen report log %s: %s; the next record tries "
+                         "again", quote(str(self._report_log.path)), e.strerror or e)
 
     def running(self) -> None:
         proxyserver = ctx.master.addons.get("proxyserver")
@@ -253,7 +269,8 @@ class Pinning:
                 violation_record(decision, port, served(), dt.datetime.now(dt.UTC)))
         except OSError as e:
             metrics.record_report_write_error()
-            logger.error("pinproxy could not write report log: %s", e)
+            logger.error("pinproxy could not write a record to report log %s: %s; the next record"
+                         " tries again", quote(str(self._report_log.path)), e.strerror or e)
 
     # -- what bypasses the handshake -------------------------------------------------------
 

@@ -79,6 +79,7 @@ async def serve(config: RunConfig, worker: str = "",
     reloads: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
 
     def reload() -> None:  # SIGHUP; a bad file is logged and the old pinset stays
+        addon.reopen_report_log()  # and the report log follows logrotate's move
         task = loop.create_task(addon.reload_in_background())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
