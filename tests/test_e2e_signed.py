@@ -290,3 +290,24 @@ def test_bad_signed_pinset_flags_are_one_line(args: list[str], error: str,
         assert main(["run", *args]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after argparse's usage, if any
     assert error in last, last
+
+
+def test_each_worker_fetches_and_enforces(pinsets: PinsetServer, serve: Serve, confdir: Path,
+                                          pki: TrustedPki, good_leaf: trustme.LeafCert,
+                                          tmp_path: Path) -> None:
+    from tests.test_workers import admin_get, sample
+
+    upstream = serve(good_leaf)
+    pinsets.publish(pinset_text(pki, good_leaf, 2))
+    with start_signed(f"{pinsets.url}/pins.yaml", confdir, pki, "--workers", "2",
+                      "--pinset-cache", str(tmp_path / "cache")) as proxy:
+        wait_for(lambda: admin_get(proxy, "/readyz")[0] == 200, timeout=20)
+        # two fetches, one per worker: both accepted, or one "unchanged" when the other
+        # worker's cache was there first
+        wait_for(lambda: sum(sample(admin_get(proxy, "/metrics")[1],
+                                    "pinproxy_pinset_fetches_total", result=result)
+                             for result in ("accepted", "unchanged")) == 2, timeout=10)
+        for _ in range(4):  # whichever worker takes the connection enforces the pinset
+            assert status(proxy, "leaf.pinned.test", upstream.port) == 200
+            assert status(proxy, "other.test", upstream.port) == 502
+        assert (tmp_path / "cache" / "pinset.yaml").read_bytes() == pinsets.files["/pins.yaml"]

@@ -207,11 +207,13 @@ class RemotePinset:
 
     def __init__(self, settings: RemoteSettings, pinsets: CurrentPinset,
                  on_problem: Callable[[str], None] | None = None,
-                 serving: Callable[[], bool] = lambda: True) -> None:
+                 serving: Callable[[], bool] = lambda: True,
+                 on_install: Callable[[], None] = lambda: None) -> None:
         self.settings = settings
         self.pinsets = pinsets
         self._on_problem = on_problem  # told why no pinset is in force yet (for /readyz)
         self._serving = serving  # the proxy is up: mitmproxy's start-up is over
+        self._on_install = on_install  # told after each pinset put in force
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -312,6 +314,7 @@ class RemotePinset:
         first = self.pinsets.pinset is None
         self.pinsets.install(pinset, source, verified.sha256)
         metrics.record_signed_pinset(pinset.serial, pinset.valid_until)
+        self._on_install()
         logger.log(logging.WARNING if first else logging.INFO,
                    "pinproxy put in force the signed pinset from %s: serial %s, valid until "
                    "%s, key %s (%s)", source, pinset.serial if pinset.serial is not None

@@ -80,7 +80,9 @@ async def serve(config: RunConfig, worker: str = "",
     loop.add_signal_handler(signal.SIGINT, master.shutdown)  # Ctrl-C: at once
     reloads: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
 
-    signed = _signed_pinset(config, addon)  # --pinset-url: fetched, verified, refreshed
+    # --pinset-url: fetched, verified, refreshed; a worker started without one says "ready"
+    # once the first arrives (at `running` it could not)
+    signed = _signed_pinset(config, addon, on_ready=lambda: _report_ready(status_fd))
 
     def reload() -> None:  # SIGHUP; a bad file is logged and the old pinset stays
         if signed is not None:  # a signed pinset: fetch it now
@@ -107,7 +109,8 @@ async def serve(config: RunConfig, worker: str = "",
     return 0
 
 
-def _signed_pinset(config: RunConfig, addon: Pinning) -> RemotePinset | None:
+def _signed_pinset(config: RunConfig, addon: Pinning,
+                   on_ready: Callable[[], None]) -> RemotePinset | None:
     """With `--pinset-url`: the cached pinset in force (verified again), and the refresh task
     started; without a good cache nothing is in force and every connection is refused."""
     if config.pinset_url is None or config.pinset_pubkey is None:
@@ -118,8 +121,12 @@ def _signed_pinset(config: RunConfig, addon: Pinning) -> RemotePinset | None:
     def not_ready_because(problem: str) -> None:
         addon.readiness.pinset_problem = problem
 
+    def installed() -> None:
+        if addon.readiness.listening and addon.readiness.not_ready() is None:
+            on_ready()
+
     signed = RemotePinset(settings, addon.pinsets, on_problem=not_ready_because,
-                          serving=lambda: addon.readiness.listening)
+                          serving=lambda: addon.readiness.listening, on_install=installed)
     if not signed.start_from_cache():
         not_ready_because(f"waiting for the first signed pinset from {config.pinset_url}")
     signed.start()
