@@ -41,6 +41,7 @@ class RunConfig:
     pinset_pubkey: str | None = None  # minisign public key "RW..." or "@file"
     pinset_refresh: float = 300.0  # seconds between fetches of pinset_url (+-10 % jitter)
     pinset_cache: str | None = None  # directory keeping the last accepted signed pinset
+    on_stale: str = "keep"  # keep | report | block: a signed pinset past its valid_until
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -47,6 +47,8 @@ __all__ = [
     "record_proxy_auth_refused",
     "record_report_write_error",
     "record_signed_pinset",
+    "record_stale",
+    "record_stale_connection",
     "record_upstream_leaf",
     "rule_label",
 ]
@@ -93,6 +95,14 @@ PINSET_SERIAL = Gauge("pinproxy_pinset_serial", "The 'serial' of the signed pins
 PINSET_VALID_UNTIL = Gauge(
     "pinproxy_pinset_valid_until_timestamp_seconds", "The 'valid_until' of the signed pinset in "
     "force (Unix time): alert well before it passes.", multiprocess_mode="mostrecent")
+
+PINSET_STALE = Gauge("pinproxy_pinset_stale", "1 while the signed pinset in force is past its "
+                     "valid_until and no newer one could be fetched (--on-stale applies).",
+                     multiprocess_mode="mostrecent")
+PINSET_WENT_STALE = Counter("pinproxy_pinset_went_stale",
+                            "Times the signed pinset in force went stale.")
+STALE_CONNECTIONS = Counter("pinproxy_stale_pinset_connections",
+                            "Upstream connections made while the signed pinset in force was stale.")
 
 _CHECKS = {(a, r): CHECKS.labels(a.value, r.value) for a in Action for r in Reason}
 _LOADS_OK = PINSET_LOADS.labels("ok")
@@ -145,6 +155,16 @@ def record_signed_pinset(serial: int | None, valid_until: dt.datetime | None) ->
     """A signed pinset was put in force: its serial and valid_until (-1 when it has none)."""
     PINSET_SERIAL.set(serial if serial is not None else -1)
     PINSET_VALID_UNTIL.set(valid_until.timestamp() if valid_until is not None else -1)
+
+
+def record_stale(stale: bool) -> None:
+    PINSET_STALE.set(1 if stale else 0)
+    if stale:
+        PINSET_WENT_STALE.inc()
+
+
+def record_stale_connection() -> None:
+    STALE_CONNECTIONS.inc()
 
 
 def record_load_failed() -> None:

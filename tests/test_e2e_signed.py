@@ -281,6 +281,9 @@ def test_server_down_at_start_up_without_a_cache_refuses_until_it_answers(
       "--pinset-pubkey", KEY.public_key.text],
      "--pinset and --pinset-url are two sources of pins"),
     (["--pinset-pubkey", KEY.public_key.text], "--pinset-pubkey only applies with --pinset-url"),
+    (["--on-stale", "block"], "--on-stale only applies with --pinset-url"),
+    (["--pinset-url", "https://127.0.0.1/p.yaml", "--pinset-pubkey", KEY.public_key.text,
+      "--on-stale", "ignore"], "'ignore' is not one of keep, report, block"),
     (["--pinset-url", "https://127.0.0.1/p.yaml", "--pinset-pubkey", KEY.public_key.text,
       "--pinset-refresh", "0.5"], "'0.5' is not a number of seconds (1 to 86400)"),
 ])
@@ -311,3 +314,34 @@ def test_each_worker_fetches_and_enforces(pinsets: PinsetServer, serve: Serve, c
             assert status(proxy, "leaf.pinned.test", upstream.port) == 200
             assert status(proxy, "other.test", upstream.port) == 502
         assert (tmp_path / "cache" / "pinset.yaml").read_bytes() == pinsets.files["/pins.yaml"]
+
+
+@pytest.mark.parametrize("on_stale", ["keep", "report", "block"])
+def test_on_stale(pinsets: PinsetServer, serve: Serve, confdir: Path, pki: TrustedPki,
+                  good_leaf: trustme.LeafCert, on_stale: str) -> None:
+    """The pinset in force passes its valid_until and the server keeps serving that same
+    pinset: --on-stale decides; a fresh pinset ends it (the twin)."""
+    upstream = serve(good_leaf)
+    soon = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=3)).isoformat(timespec="seconds")
+    pinsets.publish(pinset_text(pki, good_leaf, 1, valid_until=soon))
+    with start_signed(f"{pinsets.url}/pins.yaml", confdir, pki, "--on-stale", on_stale) as proxy:
+        fetched(proxy, "accepted")
+        assert status(proxy, "leaf.pinned.test", upstream.port) == 200  # not stale yet
+        assert metric(proxy, "pinproxy_pinset_stale") == 0
+        # at valid_until the proxy fetches again, gets the same pinset, and it is stale
+        wait_for(lambda: metric(proxy, "pinproxy_pinset_stale") == 1, timeout=10)
+        assert metric(proxy, "pinproxy_pinset_went_stale_total") == 1
+        assert f"--on-stale {on_stale}" in proxy.output()
+        expected = 502 if on_stale == "block" else 200
+        assert status(proxy, "leaf.pinned.test", upstream.port) == expected
+        assert status(proxy, "other.test", upstream.port) == 502
+        assert metric(proxy, "pinproxy_stale_pinset_connections_total") == 2
+        assert ("pinproxy stale: connection to" in proxy.output()) is (on_stale == "report")
+        assert proxy.output().count("went stale") == 1  # logged once, at the transition
+        # the twin: a fresh pinset ends it
+        pinsets.publish(pinset_text(pki, good_leaf, 2))
+        proxy.reload()
+        fetched(proxy, "accepted", 2)
+        assert metric(proxy, "pinproxy_pinset_stale") == 0
+        assert status(proxy, "leaf.pinned.test", upstream.port) == 200
+        assert metric(proxy, "pinproxy_stale_pinset_connections_total") == 2

@@ -172,6 +172,10 @@ FLAGS: tuple[Flag, ...] = (
          "jittered by up to a tenth (default: %(default)s)", "SECONDS"),
     Flag("pinset_cache", _nonempty, "directory keeping the last accepted signed pinset, "
          "enforced at start-up when the URL cannot be reached", "DIR"),
+    Flag("on_stale", _choice("keep", "report", "block"),
+         "when the signed pinset in force is past its valid_until and no newer one could be "
+         "fetched: keep enforcing it, also report every connection as stale, or block every "
+         "connection (default: %(default)s)", choices=("keep", "report", "block")),
 )
 
 
@@ -301,7 +305,7 @@ def _check_signed_pinset(config: RunConfig, args: argparse.Namespace,
     """`--pinset-url` and the flags that go with it: both or none, and never with --pinset."""
     url = _given("pinset_url", args, environ)
     if url is None:
-        for name in ("pinset_pubkey", "pinset_refresh", "pinset_cache"):
+        for name in ("pinset_pubkey", "pinset_refresh", "pinset_cache", "on_stale"):
             if (given := _given(name, args, environ)) is not None:
                 raise PinproxyError(f"{given} only applies with --pinset-url")
         return

@@ -29,12 +29,13 @@ from dataclasses import dataclass
 
 import certifi
 import h11
+from mitmproxy.proxy import server_hooks
 from OpenSSL import SSL, crypto
 
 from pinproxy import metrics, minisign, remote
 from pinproxy.errors import PinproxyError
 from pinproxy.pins import CertificatePins
-from pinproxy.pinset import Pinset
+from pinproxy.pinset import Pinset, Unpinned
 from pinproxy.policy import decide_handshake
 from pinproxy.proxy._openssl import expect_name, verify_error_text, x509_pins
 from pinproxy.reloading import CurrentPinset
@@ -199,6 +200,7 @@ class RemoteSettings:
     refresh: float  # seconds between fetches (before jitter)
     cache: str | None  # directory
     upstream_ca: str | None
+    on_stale: str = "keep"  # keep | report | block: the pinset in force past valid_until
 
 
 class RemotePinset:
@@ -216,6 +218,9 @@ class RemotePinset:
         self._on_install = on_install  # told after each pinset put in force
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._signed: remote.Verified | None = None  # the last accepted pinset, stale or not
+        self._source = ""  # where it came from
+        self.stale = False  # it is past its valid_until (read by `StaleConnections`)
 
     def start_from_cache(self) -> bool:
         """Put the cached pinset in force, verified again; True if there was a good one."""
@@ -230,9 +235,6 @@ class RemotePinset:
             return False
         if verified is None:
             return False
-        if remote.is_stale(verified.pinset, dt.datetime.now(dt.UTC)):
-            logger.warning("pinproxy: the cached pinset went stale at %s; enforcing it until "
-                           "a newer one is fetched", _until(verified.pinset))
         self._install(verified, f"{self.settings.url} (cached in {self.settings.cache})")
         return True
 
@@ -258,12 +260,18 @@ class RemotePinset:
         while True:
             self._wake.clear()  # before the fetch: a SIGHUP during it fetches again after
             ok = await self.refresh()
+            self.check_stale()
             if ok:
                 retry = FIRST_RETRY
                 wait = self.settings.refresh * random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311
             else:
                 wait = min(retry, self.settings.refresh)
                 retry = min(retry * 2, self.settings.refresh)
+            if self._signed is not None and not self.stale and (
+                    until := self._signed.pinset.valid_until) is not None:
+                # wake when it goes stale: fetch then, and apply --on-stale if that fails
+                left = (until - dt.datetime.now(dt.UTC)).total_seconds()
+                wait = min(wait, max(left, 0.0) + _START_POLL)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
 
@@ -271,10 +279,14 @@ class RemotePinset:
         """One fetch; True when it reached a verdict on a good answer (accepted or unchanged,
         or refused on its content: retrying sooner would fetch the same)."""
         settings = self.settings
-        in_force = self.pinsets.pinset
+        # the signed pinset, even while --on-stale block has a blocking one in force: it
+        # checks the distribution host and is what a newer pinset must succeed
+        signed = self._signed
+        in_force = signed.pinset if signed is not None else None
         try:
             verified = await asyncio.to_thread(self._fetch_and_verify, in_force)
-            remote.check_succession(verified, in_force, self.pinsets.sha256,
+            remote.check_succession(verified, in_force,
+                                    signed.sha256 if signed is not None else None,
                                     dt.datetime.now(dt.UTC))
         except remote.Refused as e:
             metrics.record_fetch(e.outcome.value)
@@ -309,11 +321,37 @@ class RemotePinset:
                           settings.upstream_ca, deadline, MAX_SIGNATURE_BYTES)
         return remote.verify_pinset(data, signature, settings.key, settings.url)
 
+    def check_stale(self) -> None:
+        """Apply `--on-stale` once the signed pinset passes its valid_until (logged once)."""
+        signed = self._signed
+        if signed is None or self.stale or not remote.is_stale(signed.pinset,
+                                                               dt.datetime.now(dt.UTC)):
+            return
+        self.stale = True
+        metrics.record_stale(True)
+        what = {"keep": "still enforcing it",
+                "report": "still enforcing it, and reporting every connection as stale",
+                "block": "blocking every connection"}[self.settings.on_stale]
+        logger.warning("pinproxy: the signed pinset in force went stale at %s (valid_until) and "
+                       "no newer one could be fetched from %s; --on-stale %s: %s until one is",
+                       _until(signed.pinset), self.settings.url, self.settings.on_stale, what)
+        if self.settings.on_stale == "block":
+            blocking = Pinset(rules=(), source=f"{self._source} (stale: --on-stale block)",
+                              unpinned=Unpinned.BLOCK, serial=signed.pinset.serial,
+                              valid_until=signed.pinset.valid_until)
+            self.pinsets.install(blocking, blocking.source, None)
+
     def _install(self, verified: remote.Verified, source: str) -> None:
         pinset = verified.pinset
         first = self.pinsets.pinset is None
+        self._signed, self._source = verified, source
+        if self.stale:
+            self.stale = False
+            metrics.record_stale(False)
+            logger.warning("pinproxy: a fresh signed pinset replaces the stale one")
         self.pinsets.install(pinset, source, verified.sha256)
         metrics.record_signed_pinset(pinset.serial, pinset.valid_until)
+        self.check_stale()  # a stale cache at start-up
         self._on_install()
         logger.log(logging.WARNING if first else logging.INFO,
                    "pinproxy put in force the signed pinset from %s: serial %s, valid until "
@@ -327,6 +365,24 @@ class RemotePinset:
         logger.error("pinproxy %s%s", message, kept)
         if self._on_problem is not None and self.pinsets.pinset is None:
             self._on_problem(message)
+
+
+class StaleConnections:
+    """A mitmproxy addon: each upstream connection made while the signed pinset in force is
+    stale is counted, and with `--on-stale report` logged as stale (a WARNING)."""
+
+    def __init__(self, signed: RemotePinset) -> None:
+        self.signed = signed
+
+    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        if not self.signed.stale:
+            return
+        metrics.record_stale_connection()
+        if self.signed.settings.on_stale == "report":
+            host, port = data.server.address or ("", 0)
+            logger.warning("pinproxy stale: connection to %s:%s under a pinset past its "
+                           "valid_until (--on-stale report)", host, port,
+                           extra={"event": "stale", "host": host, "port": port})
 
 
 def _until(pinset: Pinset) -> str:

@@ -21,7 +21,7 @@ from pinproxy.pinset import Pinset
 from pinproxy.proxy.addon import Pinning
 from pinproxy.proxy.drain import Drain
 from pinproxy.proxy.master import build_master
-from pinproxy.proxy.remote import RemotePinset, RemoteSettings
+from pinproxy.proxy.remote import RemotePinset, RemoteSettings, StaleConnections
 from pinproxy.remote import parse_pubkey
 
 __all__ = ["serve"]
@@ -82,7 +82,7 @@ async def serve(config: RunConfig, worker: str = "",
 
     # --pinset-url: fetched, verified, refreshed; a worker started without one says "ready"
     # once the first arrives (at `running` it could not)
-    signed = _signed_pinset(config, addon, on_ready=lambda: _report_ready(status_fd))
+    signed = _signed_pinset(config, addon, master, on_ready=lambda: _report_ready(status_fd))
 
     def reload() -> None:  # SIGHUP; a bad file is logged and the old pinset stays
         if signed is not None:  # a signed pinset: fetch it now
@@ -109,14 +109,15 @@ async def serve(config: RunConfig, worker: str = "",
     return 0
 
 
-def _signed_pinset(config: RunConfig, addon: Pinning,
+def _signed_pinset(config: RunConfig, addon: Pinning, master: Any,
                    on_ready: Callable[[], None]) -> RemotePinset | None:
     """With `--pinset-url`: the cached pinset in force (verified again), and the refresh task
     started; without a good cache nothing is in force and every connection is refused."""
     if config.pinset_url is None or config.pinset_pubkey is None:
         return None
     settings = RemoteSettings(config.pinset_url, parse_pubkey(config.pinset_pubkey),
-                              config.pinset_refresh, config.pinset_cache, config.upstream_ca)
+                              config.pinset_refresh, config.pinset_cache, config.upstream_ca,
+                              config.on_stale)
 
     def not_ready_because(problem: str) -> None:
         addon.readiness.pinset_problem = problem
@@ -127,6 +128,7 @@ def _signed_pinset(config: RunConfig, addon: Pinning,
 
     signed = RemotePinset(settings, addon.pinsets, on_problem=not_ready_because,
                           serving=lambda: addon.readiness.listening, on_install=installed)
+    master.addons.add(StaleConnections(signed))  # counts (and reports) connections while stale
     if not signed.start_from_cache():
         not_ready_because(f"waiting for the first signed pinset from {config.pinset_url}")
     signed.start()
