@@ -64,7 +64,7 @@ def fetch(url: str, pinset: Pinset | None, ca_file: str | None, deadline: float,
     try:
         timeout = max(0.001, deadline - time.monotonic())
         with socket.create_connection((host, port), timeout=timeout) as sock:
-            return _get(sock, host, path, pinset, ca_file or certifi.where(), deadline,
+            return _get(sock, url, host, path, pinset, ca_file or certifi.where(), deadline,
                         max_bytes)
     except TimeoutError:
         raise FetchError(f"{url}: no complete answer from {where} in time") from None
@@ -76,8 +76,8 @@ def fetch(url: str, pinset: Pinset | None, ca_file: str | None, deadline: float,
         raise FetchError(f"{url}: not a valid HTTP/1.1 answer: {e}") from None
 
 
-def _get(sock: socket.socket, host: str, path: str, pinset: Pinset | None, ca_file: str,
-         deadline: float, max_bytes: int) -> bytes:
+def _get(sock: socket.socket, url: str, host: str, path: str, pinset: Pinset | None,
+         ca_file: str, deadline: float, max_bytes: int) -> bytes:
     context = SSL.Context(SSL.TLS_CLIENT_METHOD)
     context.load_verify_locations(ca_file)
     context.set_alpn_protos([b"http/1.1"])
@@ -115,21 +115,21 @@ def _get(sock: socket.socket, host: str, path: str, pinset: Pinset | None, ca_fi
         elif isinstance(event, h11.Response):
             status = event.status_code
             if status != 200:
-                raise FetchError(f"https://{host}{path}: HTTP {status} (expected 200; redirects "
+                raise FetchError(f"{url}: HTTP {status} (expected 200; redirects "
                                  "are not followed)")
             for name, value in event.headers:
                 if name == b"content-length" and int(value) > max_bytes:
-                    raise FetchError(f"https://{host}{path}: larger than {max_bytes} bytes")
+                    raise FetchError(f"{url}: larger than {max_bytes} bytes")
         elif isinstance(event, h11.Data):
             body += event.data
             if len(body) > max_bytes:
-                raise FetchError(f"https://{host}{path}: larger than {max_bytes} bytes")
+                raise FetchError(f"{url}: larger than {max_bytes} bytes")
         elif isinstance(event, h11.EndOfMessage):
             with contextlib.suppress(SSL.Error):
                 conn.shutdown()
             return bytes(body)
         else:  # ConnectionClosed before the end of the message
-            raise FetchError(f"https://{host}{path}: the connection closed mid-answer")
+            raise FetchError(f"{url}: the connection closed mid-answer")
 
 
 class _PinCheck:
