@@ -44,12 +44,14 @@ class Readiness:
         self.pinset_loaded = False
         self.listening = False
         self.draining = False
+        self.pinset_problem = ""  # why no pinset loaded yet (a signed pinset's failed fetch)
 
     def not_ready(self) -> str | None:
         if self.draining:
             return "draining: shutting down"
         if not self.pinset_loaded:
-            return "no valid pinset loaded"
+            problem = self.pinset_problem
+            return f"no valid pinset loaded: {problem}" if problem else "no valid pinset loaded"
         if not self.listening:
             return "the proxy port is not accepting connections yet"
         return None

@@ -37,6 +37,11 @@ class RunConfig:
     proxy_auth: str | None = None  # "user:pass" or "@htpasswd": clients must authenticate
     allow_unauthenticated: bool = False  # listen beyond loopback without --proxy-auth
     drain_timeout: float = 10.0  # seconds in-flight requests get after SIGTERM
+    pinset_url: str | None = None  # https URL of a signed pinset (instead of --pinset)
+    pinset_pubkey: str | None = None  # minisign public key "RW..." or "@file"
+    pinset_refresh: float = 300.0  # seconds between fetches of pinset_url (+-10 % jitter)
+    pinset_cache: str | None = None  # directory keeping the last accepted signed pinset
+    on_stale: str = "keep"  # keep | report | block: a signed pinset past its valid_until
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -79,6 +79,9 @@ _HOST_PATTERN = f"^(?:(?:\\*\\.)?{_DNS_NAME}|{_IP})$"
 _IP_PATTERN = f"^{_IP}$"
 
 _DATE_PATTERN = "^[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])$"
+_VALID_UNTIL_PATTERN = ("^[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+                        "(?:[Tt ](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\\.[0-9]{1,6})?"
+                        "(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9]))?$")
 
 
 def _mode(what: str) -> dict[str, Any]:
@@ -112,6 +115,22 @@ PINSET_SCHEMA: Final[dict[str, Any]] = {
                            "through the proxy.",
             "enum": [choice.value for choice in Unpinned],
             "default": Unpinned.ALLOW.value,
+        },
+        "serial": {
+            "description": "The pinset's version number, for a signed pinset fetched with "
+                           "--pinset-url: the proxy refuses a fetched pinset whose serial is "
+                           "lower than the one in force (a rollback). Raise it at every change.",
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 2**63 - 1,
+        },
+        "valid_until": {
+            "description": "When this pinset goes stale: an ISO 8601 timestamp with a time zone "
+                           "(2027-01-31T12:00:00Z), or a date (valid to its end, UTC). A "
+                           "fetched pinset past it is refused (a replayed old pinset), and "
+                           "--on-stale says what a proxy does once the one in force is past it.",
+            "type": "string",
+            "pattern": _VALID_UNTIL_PATTERN,
         },
         "hosts": {
             "description": "The host rules. A host is decided by one rule: an exact host beats "

@@ -23,11 +23,14 @@ from pinproxy.hostnames import parse_host_pattern
 from pinproxy.pins import Pin, parse_pin, read_pem_or_der
 from pinproxy.pinset import HostRule, Location, Mode, Pinset, Unpinned
 
-__all__ = ["load_pinset", "parse_day", "parse_pinset"]
+__all__ = ["MAX_SERIAL", "load_pinset", "parse_day", "parse_pinset", "parse_valid_until"]
 
 SUPPORTED_VERSIONS = (1,)
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")  # fromisoformat alone also takes 20271231, 2027-W52
-_TOP_KEYS = {"version", "mode", "unpinned", "hosts"}
+_TIMESTAMP_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?"
+                             r"(?:[Zz]|[+-]\d{2}:\d{2})")
+_TOP_KEYS = {"version", "mode", "unpinned", "hosts", "serial", "valid_until"}
+MAX_SERIAL = 2**63 - 1
 _RULE_KEYS = {"host", "pins", "include_subdomains", "expires", "mode"}
 _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
@@ -44,28 +47,45 @@ def parse_day(text: str) -> dt.date:
     return dt.date.fromisoformat(text)
 
 
-def load_pinset(path: str | Path) -> Pinset:
-    """Read and validate a pinset file; raise `PinsetError` listing every problem."""
+def parse_valid_until(text: str) -> dt.datetime:
+    """`valid_until`: an ISO 8601 timestamp with a time zone, or a date (valid to its end, UTC);
+    ValueError otherwise."""
+    if _DATE.fullmatch(text):
+        return dt.datetime.combine(dt.date.fromisoformat(text), dt.time.max, dt.UTC)
+    if not _TIMESTAMP_TEXT.fullmatch(text):
+        raise ValueError(text)
+    when = dt.datetime.fromisoformat(text.upper())
+    if when.tzinfo is None:
+        raise ValueError(text)
+    return when
+
+
+def load_pinset(path: str | Path, allow_files: bool = True) -> Pinset:
+    """Read and validate a pinset file; raise `PinsetError` listing every problem.
+    `allow_files=False` refuses `file:` pins (a signed pinset: the signature would not cover
+    the files)."""
     name = str(path)
     try:
         with open_regular(path) as stream:  # libyaml reads it in chunks: no copy of a big file
-            return parse_pinset(stream, name, base_dir=Path(path).parent)
+            return parse_pinset(stream, name, base_dir=Path(path).parent,
+                                allow_files=allow_files)
     except OSError as e:
         raise PinsetError([Problem(Location(name),
                                    f"cannot read pinset: {e.strerror or e}")]) from None
 
 
 def parse_pinset(text: str | bytes | BinaryIO, source: str = "<pinset>",
-                 base_dir: Path | None = None) -> Pinset:
+                 base_dir: Path | None = None, allow_files: bool = True) -> Pinset:
     """Validate pinset YAML (text, UTF-8 bytes or a binary file); `base_dir` resolves `file:`
     pins (default: the working directory)."""
-    return _Parser(source, base_dir or Path()).parse(text)
+    return _Parser(source, base_dir or Path(), allow_files).parse(text)
 
 
 class _Parser:
-    def __init__(self, source: str, base_dir: Path) -> None:
+    def __init__(self, source: str, base_dir: Path, allow_files: bool = True) -> None:
         self.source = source
         self.base_dir = base_dir
+        self.allow_files = allow_files
         self.problems: list[tuple[int, str]] = []
         self.pins: dict[Pin, Pin] = {}  # one object per distinct pin, shared by every rule
         self.rules: list[HostRule] = []
@@ -126,10 +146,17 @@ class _Parser:
                                   "this pinproxy reads version 1")
         mode = self._choice(fields.get("mode"), "'mode'", Mode, Mode.ENFORCE)
         unpinned = self._choice(fields.get("unpinned"), "'unpinned'", Unpinned, Unpinned.ALLOW)
+        serial = self._serial(fields["serial"]) if "serial" in fields else None
+        valid_until = (self._valid_until(fields["valid_until"]) if "valid_until" in fields
+                       else None)
         rules = self._rules(fields.get("hosts"), mode or Mode.ENFORCE)
         if mode is None or unpinned is None or rules is None:
             return None
-        return Pinset(rules=tuple(rules), source=self.source, mode=mode, unpinned=unpinned)
+        if ("serial" in fields and serial is None) or (
+                "valid_until" in fields and valid_until is None):
+            return None
+        return Pinset(rules=tuple(rules), source=self.source, mode=mode, unpinned=unpinned,
+                      serial=serial, valid_until=valid_until)
 
     def _rules(self, node: Node | None, default_mode: Mode) -> list[HostRule] | None:
         if node is None:
@@ -215,6 +242,10 @@ class _Parser:
     def _pin_or_file(self, node: Node, text: str) -> list[Pin] | None:
         try:
             if text.startswith("file:"):
+                if not self.allow_files:
+                    self.problem(node, "'file:' pins are not allowed in a signed pinset (the "
+                                       "signature would not cover the file); write the pins")
+                    return None
                 path = self.base_dir / text.removeprefix("file:").strip()
                 try:
                     data = read_regular(path)
@@ -228,6 +259,28 @@ class _Parser:
         except PinproxyError as e:
             self.problem(node, str(e))
             return None
+
+    def _serial(self, node: Node) -> int | None:
+        if isinstance(node, Scalar) and node.tag == _INT and node.value.isascii() \
+                and node.value.isdigit() and int(node.value) <= MAX_SERIAL:
+            return int(node.value)
+        if not self._refuse_alias(node):
+            shown = node.value if isinstance(node, Scalar) else _kind(node)
+            self.problem(node, f"'serial' must be a whole number from 0 to {MAX_SERIAL}, "
+                               f"not {shown!r}")
+        return None
+
+    def _valid_until(self, node: Node) -> dt.datetime | None:
+        if isinstance(node, Scalar) and node.tag in (_TIMESTAMP, _STR):
+            try:
+                return parse_valid_until(node.value)
+            except ValueError:
+                pass
+        if not self._refuse_alias(node):
+            shown = node.value if isinstance(node, Scalar) else _kind(node)
+            self.problem(node, "'valid_until' must be a timestamp with a time zone "
+                               f"(2027-01-31T12:00:00Z) or a date (YYYY-MM-DD), not {shown!r}")
+        return None
 
     def _date(self, node: Node) -> dt.date | None:
         if isinstance(node, Scalar) and node.tag in (_TIMESTAMP, _STR):

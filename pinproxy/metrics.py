@@ -41,10 +41,14 @@ __all__ = [
     "record_client_connected",
     "record_client_disconnected",
     "record_decision",
+    "record_fetch",
     "record_load_failed",
     "record_loaded",
     "record_proxy_auth_refused",
     "record_report_write_error",
+    "record_signed_pinset",
+    "record_stale",
+    "record_stale_connection",
     "record_upstream_leaf",
     "rule_label",
 ]
@@ -81,6 +85,24 @@ REPORT_WRITE_ERRORS = Counter("pinproxy_report_write_errors",
 PROXY_AUTH_REFUSALS = Counter(
     "pinproxy_proxy_auth_refusals", "Requests answered 407, by why: missing (no or malformed "
     "credentials), wrong, busy (refused unchecked: too many bcrypt checks waiting).", ["why"])
+
+PINSET_FETCHES = Counter(
+    "pinproxy_pinset_fetches", "Fetches of the signed remote pinset (--pinset-url), by result: "
+    "accepted, unchanged, fetch-error, bad-signature, invalid, rollback, same-serial, stale.",
+    ["result"])
+PINSET_SERIAL = Gauge("pinproxy_pinset_serial", "The 'serial' of the signed pinset in force.",
+                      multiprocess_mode="mostrecent")
+PINSET_VALID_UNTIL = Gauge(
+    "pinproxy_pinset_valid_until_timestamp_seconds", "The 'valid_until' of the signed pinset in "
+    "force (Unix time): alert well before it passes.", multiprocess_mode="mostrecent")
+
+PINSET_STALE = Gauge("pinproxy_pinset_stale", "1 while the signed pinset in force is past its "
+                     "valid_until and no newer one could be fetched (--on-stale applies).",
+                     multiprocess_mode="mostrecent")
+PINSET_WENT_STALE = Counter("pinproxy_pinset_went_stale",
+                            "Times the signed pinset in force went stale.")
+STALE_CONNECTIONS = Counter("pinproxy_stale_pinset_connections",
+                            "Upstream connections made while the signed pinset in force was stale.")
 
 _CHECKS = {(a, r): CHECKS.labels(a.value, r.value) for a in Action for r in Reason}
 _LOADS_OK = PINSET_LOADS.labels("ok")
@@ -122,6 +144,27 @@ def record_loaded(pinset: Pinset, now: dt.datetime | None = None) -> None:
 def _rule_expiries(rules: Iterable[HostRule]) -> dict[str, float]:
     return {rule.host: dt.datetime.combine(rule.expires, dt.time(23, 59, 59), dt.UTC).timestamp()
             for rule in rules if rule.expires is not None}
+
+
+def record_fetch(result: str) -> None:
+    """One fetch of the signed pinset; `result` is a `pinproxy.remote.Outcome` value."""
+    PINSET_FETCHES.labels(result).inc()
+
+
+def record_signed_pinset(serial: int | None, valid_until: dt.datetime | None) -> None:
+    """A signed pinset was put in force: its serial and valid_until (-1 when it has none)."""
+    PINSET_SERIAL.set(serial if serial is not None else -1)
+    PINSET_VALID_UNTIL.set(valid_until.timestamp() if valid_until is not None else -1)
+
+
+def record_stale(stale: bool) -> None:
+    PINSET_STALE.set(1 if stale else 0)
+    if stale:
+        PINSET_WENT_STALE.inc()
+
+
+def record_stale_connection() -> None:
+    STALE_CONNECTIONS.inc()
 
 
 def record_load_failed() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from enum import StrEnum
 
 from pinproxy.hostnames import is_ip_literal, parent_domains
@@ -82,12 +82,18 @@ class HostRule:
 
 @dataclass(frozen=True, slots=True)
 class Pinset:
-    """Every host rule of one pinset file, indexed for lookup at construction."""
+    """Every host rule of one pinset file, indexed for lookup at construction.
+
+    `serial` and `valid_until` matter for a signed remote pinset: a fetched pinset with a lower
+    serial is a rollback, one past `valid_until` a replay (both refused).
+    """
 
     rules: tuple[HostRule, ...]
     source: str
     mode: Mode = Mode.ENFORCE
     unpinned: Unpinned = Unpinned.ALLOW
+    serial: int | None = None
+    valid_until: datetime | None = None  # timezone-aware
     _exact: dict[str, HostRule] = field(init=False, repr=False, compare=False)
     _one_label: dict[str, HostRule] = field(init=False, repr=False, compare=False)
     _apex_and_below: dict[str, HostRule] = field(init=False, repr=False, compare=False)

@@ -129,6 +129,11 @@ class CurrentPinset:
         finally:
             self._loading = False
 
+    def install(self, pinset: Pinset, source: str, sha256: str | None) -> None:
+        """Put an already validated pinset in force (a verified signed pinset, `--pinset-url`):
+        the same swap, and the same `on_install`, as a file load."""
+        self._install(pinset, source, None, sha256)
+
     def _failed(self, error: Exception) -> None:
         if self._on_failure is not None:
             self._on_failure(error)

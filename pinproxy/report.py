@@ -150,6 +150,9 @@ def pinset_summary(pinset: Pinset, path: str | None, sha256: str | None,
         "mode": pinset.mode.value,
         "unpinned": pinset.unpinned.value,
         "pin_count": pinset.pin_count,
+        "serial": pinset.serial,
+        "valid_until": (pinset.valid_until.isoformat() if pinset.valid_until is not None
+                        else None),
         "rules": [{
             "host": rule.host,
             "include_subdomains": rule.include_subdomains,

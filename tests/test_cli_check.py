@@ -283,3 +283,29 @@ def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
                           capture_output=True, text=True, timeout=30, check=False)
     assert done.stdout == "{"
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+
+
+# -- a signed pinset's keys ----------------------------------------------------------------
+
+SIGNED = CLEAN.replace("version: 1\n",
+                       "version: 1\nserial: 12\nvalid_until: 2027-01-10T00:00:00Z\n")
+
+
+def test_check_shows_serial_and_valid_until(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, SIGNED)
+    assert main(["check", str(path), "--today", "2027-01-01", "--strict"]) == 0
+    assert "serial 12, valid until 2027-01-10T00:00:00+00:00" in capsys.readouterr().out
+    code, document = main_json(capsys, str(path), "--today", "2027-01-01")
+    assert (code, document["serial"], document["valid_until"]) == (
+        0, 12, "2027-01-10T00:00:00+00:00")
+
+
+def test_check_warns_when_valid_until_is_near_or_past(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, SIGNED)
+    assert main(["check", str(path), "--today", "2027-01-08", "--strict"]) == 1
+    assert "[stale-soon]" in capsys.readouterr().out
+    assert main(["check", str(path), "--today", "2027-01-11", "--strict"]) == 1
+    assert "[stale]" in capsys.readouterr().out
+    assert main(["check", str(path), "--today", "2027-01-01", "--strict"]) == 0

@@ -153,6 +153,19 @@ AGREE: list[tuple[str, str, bool]] = [
     ("expires-with-time", doc(host_rule("api.example", "expires: 2027-01-01T10:00:00Z")), False),
     ("expires-month-13", doc(host_rule("api.example", "expires: 2027-13-01")), False),
     ("expires-number", doc(host_rule("api.example", "expires: 20271231")), False),
+    ("serial", "version: 1\nserial: 7\nhosts: []\n", True),
+    ("serial-zero", "version: 1\nserial: 0\nhosts: []\n", True),
+    ("serial-negative", "version: 1\nserial: -1\nhosts: []\n", False),
+    ("serial-string", 'version: 1\nserial: "7"\nhosts: []\n', False),
+    ("serial-float", "version: 1\nserial: 7.5\nhosts: []\n", False),
+    ("serial-too-big", f"version: 1\nserial: {2**63}\nhosts: []\n", False),
+    ("valid-until-utc", "version: 1\nvalid_until: 2027-01-31T12:00:00Z\nhosts: []\n", True),
+    ("valid-until-offset", "version: 1\nvalid_until: 2027-01-31T12:00:00.5-05:30\nhosts: []\n",
+     True),
+    ("valid-until-date", "version: 1\nvalid_until: 2027-01-31\nhosts: []\n", True),
+    ("valid-until-no-zone", "version: 1\nvalid_until: 2027-01-31T12:00:00\nhosts: []\n", False),
+    ("valid-until-words", "version: 1\nvalid_until: soon\nhosts: []\n", False),
+    ("valid-until-number", "version: 1\nvalid_until: 20270131\nhosts: []\n", False),
 ]
 
 # Only the loader sees these: what a schema of the parsed document cannot express.
@@ -164,6 +177,8 @@ LOADER_ONLY: list[tuple[str, str]] = [
     ("missing-pin-file", doc(host_rule("api.example", pins='["file:missing.pem"]'))),
     ("not-an-idna-name", doc(host_rule("☃.example"))),
     ("version-float", "version: 1.0\nhosts: []\n"),
+    ("serial-hex", "version: 1\nserial: 0x10\nhosts: []\n"),
+    ("valid-until-no-such-day", "version: 1\nvalid_until: 2027-02-30\nhosts: []\n"),
 ]
 
 

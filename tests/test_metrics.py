@@ -3,6 +3,7 @@ exposition), `pinproxy.report.pinset_summary` (what /pinset shows) and `Readines
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import os
@@ -126,6 +127,8 @@ def test_pinset_summary_shows_rules_as_written() -> None:
         "mode": "enforce",
         "unpinned": "block",
         "pin_count": pinset.pin_count,
+        "serial": None,
+        "valid_until": None,
         "rules": [
             {"host": "*.api.test", "include_subdomains": False, "mode": "report",
              "pins": [str(PIN_A), str(PIN_B)], "expires": "2030-01-02",
@@ -135,6 +138,11 @@ def test_pinset_summary_shows_rules_as_written() -> None:
         ],
     }
     assert pinset_summary(pinset, None, None, None)["source"] == "pins.yaml"
+    signed = dataclasses.replace(pinset, serial=3,
+                                 valid_until=dt.datetime(2030, 1, 2, 3, tzinfo=dt.UTC))
+    assert {key: pinset_summary(signed, None, None, None)[key]
+            for key in ("serial", "valid_until")} == {
+        "serial": 3, "valid_until": "2030-01-02T03:00:00+00:00"}
 
 
 def test_readiness_needs_a_pinset_and_the_listener_and_not_draining() -> None:

@@ -162,3 +162,14 @@ def test_a_background_load_error_of_any_kind_keeps_the_old_pinset(tmp_path: Path
     current._load = broken
     asyncio.run(current.load_in_background(path))
     assert current.pinset is kept
+
+
+def test_install_puts_a_validated_pinset_in_force_as_a_load_does(tmp_path: Path) -> None:
+    installed: list[Pinset] = []
+    current = CurrentPinset(on_install=installed.append)
+    fetched = load_pinset(write(tmp_path / "pins.yaml", PIN_B))
+    current.install(fetched, "https://pins.example/pins.yaml", "ab" * 32)
+    assert current.pinset is fetched and installed == [fetched]
+    assert (current.path, current.sha256, current.signature) == (
+        "https://pins.example/pins.yaml", "ab" * 32, None)
+    assert current.loaded_at is not None

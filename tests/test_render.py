@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+import pytest
+
 from pinproxy.loader import load_pinset, parse_pinset
 from pinproxy.pins import parse_pin
 from pinproxy.tools.render import PinLine, RuleText, printable, render_loaded, render_pinset
@@ -23,3 +27,21 @@ def test_a_hostile_subject_stays_inside_its_comment() -> None:
     assert [r.host for r in parse_pinset(text).rules] == ["api.example"]
     assert "evil.example" in text and "\x1b" not in text
     assert printable(subject).count("\\x0a") == 2
+
+
+@pytest.mark.parametrize(("written", "rendered"), [
+    ("serial: 7\nvalid_until: 2027-01-31T12:00:00Z",
+     "serial: 7\nvalid_until: 2027-01-31T12:00:00Z"),
+    ("valid_until: 2027-01-31", "valid_until: 2027-01-31"),
+    ("valid_until: 2027-01-31T14:00:00+02:00", "valid_until: 2027-01-31T14:00:00+02:00"),
+    ("", ""),
+])
+def test_serial_and_valid_until_are_written_back(written: str, rendered: str) -> None:
+    pinset = parse_pinset(f"version: 1\n{written}\nhosts: []\n")
+    text = render_loaded(pinset)
+    assert (rendered in text) if rendered else ("serial" not in text and "valid" not in text)
+    again = parse_pinset(text)
+    assert (again.serial, again.valid_until) == (pinset.serial, pinset.valid_until)
+    if pinset.valid_until is not None:
+        assert again.valid_until is not None and again.valid_until.tzinfo is not None
+        assert again.valid_until <= datetime(2027, 2, 1, tzinfo=UTC)

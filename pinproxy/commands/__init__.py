@@ -11,11 +11,13 @@ from pinproxy.commands import (
     exporting,
     importing,
     init,
+    keygen,
     pin,
     run,
     schema,
+    sign,
 )
 
-COMMANDS = (run, pin, check, init, backup_key, importing, exporting, schema, ca)
+COMMANDS = (run, pin, check, init, backup_key, importing, exporting, schema, ca, keygen, sign)
 
 __all__ = ["COMMANDS"]

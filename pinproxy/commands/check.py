@@ -74,13 +74,13 @@ def check(args: argparse.Namespace) -> int:
         findings = [_load_error(problem) for problem in e.problems]
         return _emit_json(path, findings, _exit_code(findings, args.strict))
     today: dt.date = args.today or dt.datetime.now(dt.UTC).date()
-    findings = lint(pinset, today)
+    findings = lint(pinset, today, None if args.today else dt.datetime.now(dt.UTC))
     if args.live:
         findings += live_findings(pinset, upstream_ca=args.upstream_ca,
                                   connect_to=args.connect_to, timeout=args.timeout, today=today)
     code = _exit_code(findings, args.strict)
     if args.format == "json":
-        return _emit_json(path, findings, code)
+        return _emit_json(path, findings, code, pinset)
     for finding in findings:
         print(finding)
     print(_summary(path, pinset, findings, code))
@@ -106,12 +106,30 @@ def _summary(path: str, pinset: Pinset, findings: Sequence[Finding], code: int) 
     counts = _counts(findings)
     if code == EXIT_OK:
         shape = (f"{len(pinset.rules)} host rules, {pinset.pin_count} pins, mode {pinset.mode}, "
-                 f"unpinned {pinset.unpinned}")
+                 f"unpinned {pinset.unpinned}{_signed_keys(pinset)}")
         tail = f"; {_plural(counts[Severity.WARNING], 'warning')}" if findings else ""
         return f"{path}: OK: {shape}{tail}"
     because = " (--strict)" if code == EXIT_WARNINGS else ""
     return (f"{path}: FAILED{because}: {_plural(counts[Severity.ERROR], 'error')}, "
             f"{_plural(counts[Severity.WARNING], 'warning')}")
+
+
+def _signed_keys(pinset: Pinset) -> str:
+    """The keys of a signed pinset, when it has them."""
+    serial = f", serial {pinset.serial}" if pinset.serial is not None else ""
+    until = (f", valid until {pinset.valid_until.isoformat()}"
+             if pinset.valid_until is not None else "")
+    return serial + until
+
+
+def _signed_fields(pinset: Pinset | None) -> dict[str, object]:
+    """`serial` and `valid_until` for the JSON document, when the pinset has them."""
+    fields: dict[str, object] = {}
+    if pinset is not None and pinset.serial is not None:
+        fields["serial"] = pinset.serial
+    if pinset is not None and pinset.valid_until is not None:
+        fields["valid_until"] = pinset.valid_until.isoformat()
+    return fields
 
 
 def _counts(findings: Sequence[Finding]) -> dict[Severity, int]:
@@ -130,11 +148,13 @@ def _load_error(problem: Problem) -> Finding:
     return Finding(Severity.ERROR, "load-error", problem.message, problem.location)
 
 
-def _emit_json(path: str, findings: Sequence[Finding], code: int) -> int:
+def _emit_json(path: str, findings: Sequence[Finding], code: int,
+               pinset: Pinset | None = None) -> int:
     counts = _counts(findings)
     document = {
         "pinset": path,
         "ok": code == EXIT_OK,
+        **_signed_fields(pinset),
         "errors": counts[Severity.ERROR],
         "warnings": counts[Severity.WARNING],
         "findings": [{

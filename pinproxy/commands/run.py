@@ -22,6 +22,7 @@ from pinproxy.errors import PinproxyError, quote
 from pinproxy.loader import load_pinset
 from pinproxy.pinset import Pinset
 from pinproxy.proxy.ca import ensure_ca
+from pinproxy.remote import CACHE_NAME, check_url, parse_pubkey
 from pinproxy.tools.probe import check_ca_file
 
 _SWITCH_INTERVAL = 0.0005  # seconds; see docs/performance.md
@@ -119,6 +120,27 @@ def _boolean(text: str) -> bool:
     raise ValueError("is not a boolean (1/0, true/false, yes/no)")
 
 
+_MAX_REFRESH = 86400.0
+
+
+def _refresh(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 1 <= value <= _MAX_REFRESH:  # NaN and inf fail here too
+        raise ValueError(f"is not a number of seconds (1 to {_MAX_REFRESH:g})")
+    return value
+
+
+def _https_url(text: str) -> str:
+    try:
+        check_url(text)
+    except PinproxyError as e:
+        raise ValueError(str(e).removeprefix(f"{text[:200]!r} ")) from None
+    return text
+
+
 FLAGS: tuple[Flag, ...] = (
     Flag("pinset", _nonempty, "pinset YAML (default: %(default)s)", "PATH"),
     Flag("listen_host", _nonempty, "address the proxy listens on (default: %(default)s)", "HOST"),
@@ -142,6 +164,18 @@ FLAGS: tuple[Flag, ...] = (
     Flag("allow_unauthenticated", None, "listen beyond loopback without --proxy-auth"),
     Flag("drain_timeout", _drain_timeout,
          "on SIGTERM, how long in-flight requests may finish (default: %(default)s)", "SECONDS"),
+    Flag("pinset_url", _https_url, "fetch a signed pinset (and URL.minisig) from this https URL "
+         "instead of --pinset", "URL"),
+    Flag("pinset_pubkey", _nonempty,
+         "minisign public key that signs --pinset-url: 'RW...' or '@file'", "KEY"),
+    Flag("pinset_refresh", _refresh, "seconds between fetches of --pinset-url, each "
+         "jittered by up to a tenth (default: %(default)s)", "SECONDS"),
+    Flag("pinset_cache", _nonempty, "directory keeping the last accepted signed pinset, "
+         "enforced at start-up when the URL cannot be reached", "DIR"),
+    Flag("on_stale", _choice("keep", "report", "block"),
+         "when the signed pinset in force is past its valid_until and no newer one could be "
+         "fetched: keep enforcing it, also report every connection as stale, or block every "
+         "connection (default: %(default)s)", choices=("keep", "report", "block")),
 )
 
 
@@ -254,7 +288,41 @@ def _config(args: argparse.Namespace, environ: Mapping[str, str]) -> RunConfig:
                     from None
             raise
     _refuse_open_proxy(config)
+    _check_signed_pinset(config, args, environ)
     return config
+
+
+def _given(name: str, args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    """How a setting was given: its flag, its variable, or None (the default)."""
+    flag = next(flag for flag in FLAGS if flag.name == name)
+    if getattr(args, name) is not None:
+        return flag.option
+    return flag.variable if environ.get(flag.variable) else None
+
+
+def _check_signed_pinset(config: RunConfig, args: argparse.Namespace,
+                         environ: Mapping[str, str]) -> None:
+    """`--pinset-url` and the flags that go with it: both or none, and never with --pinset."""
+    url = _given("pinset_url", args, environ)
+    if url is None:
+        for name in ("pinset_pubkey", "pinset_refresh", "pinset_cache", "on_stale"):
+            if (given := _given(name, args, environ)) is not None:
+                raise PinproxyError(f"{given} only applies with --pinset-url")
+        return
+    if (pinset := _given("pinset", args, environ)) is not None:
+        raise PinproxyError(f"{pinset} and {url} are two sources of pins: give one (a signed "
+                            "pinset is bootstrapped from --pinset-cache, not from a file)")
+    key = _given("pinset_pubkey", args, environ)
+    if key is None or config.pinset_pubkey is None:
+        raise PinproxyError(f"{url} needs --pinset-pubkey: the public key that signs the pinset")
+    try:
+        parse_pubkey(config.pinset_pubkey)
+    except PinproxyError as e:
+        raise PinproxyError(f"{key}: {e}") from None
+    cache = config.pinset_cache
+    if cache is not None and os.path.exists(cache) and not os.path.isdir(cache):
+        raise PinproxyError(f"{_given('pinset_cache', args, environ)} {cache!r} is not a "
+                            "directory")
 
 
 def _warn_at_start(config: RunConfig, environ: Mapping[str, str]) -> None:
@@ -315,6 +383,14 @@ def load_without_full_collections(path: str | Path) -> Pinset:
             gc.set_threshold(young, middle, old)
 
 
+def _supervisor_pinset(config: RunConfig) -> str:
+    """The file the supervisor's /pinset names: with --pinset-url, the cache (each worker
+    fetches and verifies for itself), or none."""
+    if config.pinset_url is None:
+        return config.pinset
+    return os.path.join(config.pinset_cache, CACHE_NAME) if config.pinset_cache else ""
+
+
 def _supervise(config: RunConfig) -> int:
     """Check what every worker would check, once, then start the workers on one port."""
     from pinproxy.proxy.workers import (
@@ -326,7 +402,7 @@ def _supervise(config: RunConfig) -> int:
 
     # A bad pinset: one set of messages, not one per worker. Checked in a child process, so the
     # supervisor does not keep a parsed pinset (up to 100+ MB) that it never uses.
-    if code := validate_pinset(config.pinset):
+    if not config.pinset_url and (code := validate_pinset(config.pinset)):
         return code
     with (metrics_directory() as metrics_dir,
           reserve_port(config.listen_host, config.listen_port) as reserved):
@@ -335,5 +411,5 @@ def _supervise(config: RunConfig) -> int:
         command = [sys.executable, "-m", "pinproxy", "run", "--worker"]
         return supervise([[*command, f"{i}/{config.workers}"]
                           for i in range(1, config.workers + 1)], shared.to_json(),
-                         pinset=config.pinset, drain_timeout=config.drain_timeout,
+                         pinset=_supervisor_pinset(config), drain_timeout=config.drain_timeout,
                          admin=config.admin_address, metrics_dir=metrics_dir)

@@ -21,6 +21,8 @@ from pinproxy.pinset import Pinset
 from pinproxy.proxy.addon import Pinning
 from pinproxy.proxy.drain import Drain
 from pinproxy.proxy.master import build_master
+from pinproxy.proxy.remote import RemotePinset, RemoteSettings, StaleConnections
+from pinproxy.remote import parse_pubkey
 
 __all__ = ["serve"]
 
@@ -52,7 +54,7 @@ async def serve(config: RunConfig, worker: str = "",
             connection_strategy="eager",
             http3=False,
             ssl_verify_upstream_trusted_ca=config.upstream_ca,
-            pinset=config.pinset,
+            **({} if config.pinset_url else {"pinset": config.pinset}),  # signed: below
             pinset_report_log=config.report_log or "",
         )
     except exceptions.OptionsError as e:
@@ -78,8 +80,15 @@ async def serve(config: RunConfig, worker: str = "",
     loop.add_signal_handler(signal.SIGINT, master.shutdown)  # Ctrl-C: at once
     reloads: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
 
+    # --pinset-url: fetched, verified, refreshed; a worker started without one says "ready"
+    # once the first arrives (at `running` it could not)
+    signed = _signed_pinset(config, addon, master, on_ready=lambda: _report_ready(status_fd))
+
     def reload() -> None:  # SIGHUP; a bad file is logged and the old pinset stays
         addon.reopen_report_log()  # and the report log follows logrotate's move
+        if signed is not None:  # a signed pinset: fetch it now
+            signed.refresh_now()
+            return
         task = loop.create_task(addon.reload_in_background())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
@@ -96,7 +105,35 @@ async def serve(config: RunConfig, worker: str = "",
     finally:
         if admin is not None:
             admin.close()
+        if signed is not None:
+            await signed.stop()
     return 0
+
+
+def _signed_pinset(config: RunConfig, addon: Pinning, master: Any,
+                   on_ready: Callable[[], None]) -> RemotePinset | None:
+    """With `--pinset-url`: the cached pinset in force (verified again), and the refresh task
+    started; without a good cache nothing is in force and every connection is refused."""
+    if config.pinset_url is None or config.pinset_pubkey is None:
+        return None
+    settings = RemoteSettings(config.pinset_url, parse_pubkey(config.pinset_pubkey),
+                              config.pinset_refresh, config.pinset_cache, config.upstream_ca,
+                              config.on_stale)
+
+    def not_ready_because(problem: str) -> None:
+        addon.readiness.pinset_problem = problem
+
+    def installed() -> None:
+        if addon.readiness.listening and addon.readiness.not_ready() is None:
+            on_ready()
+
+    signed = RemotePinset(settings, addon.pinsets, on_problem=not_ready_because,
+                          serving=lambda: addon.readiness.listening, on_install=installed)
+    master.addons.add(StaleConnections(signed))  # counts (and reports) connections while stale
+    if not signed.start_from_cache():
+        not_ready_because(f"waiting for the first signed pinset from {config.pinset_url}")
+    signed.start()
+    return signed
 
 
 def _report_ready(status_fd: int | None) -> None:

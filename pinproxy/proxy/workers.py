@@ -201,6 +201,8 @@ class Supervisor:
     def _hash_pinset(self) -> None:
         """What /pinset shows: each worker parses the file itself; the supervisor only names it
         and its SHA-256 as read at start-up and at each reload."""
+        if not self._pinset_path:  # --pinset-url without a cache: nothing to show
+            return
         digest = file_sha256(self._pinset_path)
         if digest is None:
             logger.warning("pinproxy could not read the pinset %s", self._pinset_path)

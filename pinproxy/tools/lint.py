@@ -18,7 +18,7 @@ import hashlib
 import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from functools import cache
 
@@ -29,10 +29,11 @@ from pinproxy.hostnames import is_ip_literal
 from pinproxy.pins import Pin, PinKind
 from pinproxy.pinset import HostRule, Location, Mode, Pinset, Unpinned
 
-__all__ = ["CODES", "EXPIRY_WARNING_DAYS", "Finding", "Severity", "lint", "mixed_scripts",
-           "protects_nothing"]
+__all__ = ["CODES", "EXPIRY_WARNING_DAYS", "STALE_WARNING_DAYS", "Finding", "Severity", "lint",
+           "mixed_scripts", "protects_nothing"]
 
 EXPIRY_WARNING_DAYS = 30
+STALE_WARNING_DAYS = 3
 
 #: Every code `lint` can report, with what it means; `check --help` and the README list them.
 CODES = {
@@ -46,6 +47,8 @@ CODES = {
     "public-suffix": "'*.' or include_subdomains on a public suffix such as co.uk",
     "protects-nothing": "no rule is enforced and unpinned hosts are allowed: nothing is refused",
     "mixed-script": "a host label mixes scripts (Latin and Cyrillic...): a look-alike name",
+    "stale": "the pinset is past its 'valid_until': a proxy fetching it would refuse it",
+    "stale-soon": f"the pinset's 'valid_until' is within {STALE_WARNING_DAYS} days",
 }
 
 # Well-formed digests that are no key's SPKI hash: the all-zero digest (OkHttp's docs trick to
@@ -78,9 +81,11 @@ class Finding:
         return f"{where}: {self.severity.value}: {self.message} [{self.code}]"
 
 
-def lint(pinset: Pinset, today: date) -> list[Finding]:
-    """Every finding for a loaded pinset, in rule (file) order; `today` decides expiry."""
-    findings: list[Finding] = []
+def lint(pinset: Pinset, today: date, now: datetime | None = None) -> list[Finding]:
+    """Every finding for a loaded pinset, in rule (file) order; `today` decides expiry, `now`
+    (default: the start of `today`, UTC) whether the pinset is stale."""
+    findings: list[Finding] = list(_staleness(pinset, now or datetime.combine(today, time.min,
+                                                                              UTC)))
     if (nothing := protects_nothing(pinset, today)) is not None:
         findings.append(Finding(Severity.WARNING, "protects-nothing", nothing,
                                 Location(pinset.source)))
@@ -98,6 +103,21 @@ def _warning(rule: HostRule, code: str, message: str) -> Finding:
 
 
 # -- rotation safety -----------------------------------------------------------------------
+
+def _staleness(pinset: Pinset, now: datetime) -> Iterator[Finding]:
+    if pinset.valid_until is None:
+        return
+    until = pinset.valid_until.isoformat()
+    where = Location(pinset.source)
+    if now > pinset.valid_until:
+        yield Finding(Severity.WARNING, "stale", f"the pinset went stale at {until} "
+                      "('valid_until'): a proxy fetching it with --pinset-url refuses it; "
+                      "re-sign it with a later 'valid_until' and a higher 'serial'", where)
+    elif pinset.valid_until - now <= timedelta(days=STALE_WARNING_DAYS):
+        yield Finding(Severity.WARNING, "stale-soon", f"the pinset goes stale at {until} "
+                      "('valid_until'); publish a newer one (higher 'serial') before then",
+                      where)
+
 
 def _backup(rule: HostRule) -> Iterator[Finding]:
     fakes = sorted((pin for pin in rule.pins if pin.digest in _PLACEHOLDERS), key=str)

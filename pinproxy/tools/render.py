@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, time, timedelta
 
 from pinproxy.pins import Pin
 from pinproxy.pinset import HostRule, Mode, Pinset, Unpinned
@@ -68,10 +68,15 @@ def render_rules(rules: Iterable[RuleText], indent: str = "  ") -> str:
 
 
 def render_pinset(rules: Sequence[RuleText], mode: Mode = Mode.ENFORCE,
-                  unpinned: Unpinned = Unpinned.ALLOW, header: Sequence[str] = ()) -> str:
+                  unpinned: Unpinned = Unpinned.ALLOW, header: Sequence[str] = (),
+                  serial: int | None = None, valid_until: datetime | None = None) -> str:
     """A whole version-1 pinset file."""
     lines = [f"# {printable(line)}" if line else "#" for line in header]
     lines += ["version: 1", f"mode: {mode.value}", f"unpinned: {unpinned.value}"]
+    if serial is not None:
+        lines.append(f"serial: {serial}")
+    if valid_until is not None:
+        lines.append(f"valid_until: {_valid_until_text(valid_until)}")
     body = render_rules(rules)
     lines.append("hosts:" if body else "hosts: []")
     return "\n".join(lines) + "\n" + body
@@ -80,7 +85,14 @@ def render_pinset(rules: Sequence[RuleText], mode: Mode = Mode.ENFORCE,
 def render_loaded(pinset: Pinset, header: Sequence[str] = ()) -> str:
     """A loaded pinset written back out (comments are not kept)."""
     return render_pinset([rule_text(r, pinset.mode) for r in pinset.rules], pinset.mode,
-                         pinset.unpinned, header)
+                         pinset.unpinned, header, pinset.serial, pinset.valid_until)
+
+
+def _valid_until_text(when: datetime) -> str:
+    """A date when it was written as one (the end of that day, UTC), else the timestamp."""
+    if when.utcoffset() == timedelta(0) and when.time() == time.max:
+        return when.date().isoformat()
+    return when.isoformat().replace("+00:00", "Z")
 
 
 def printable(text: str) -> str:
