@@ -44,6 +44,7 @@ __all__ = [
     "record_load_failed",
     "record_loaded",
     "record_proxy_auth_refused",
+    "record_report",
     "record_report_write_error",
     "record_upstream_leaf",
     "rule_label",
@@ -81,6 +82,11 @@ REPORT_WRITE_ERRORS = Counter("pinproxy_report_write_errors",
 PROXY_AUTH_REFUSALS = Counter(
     "pinproxy_proxy_auth_refusals", "Requests answered 407, by why: missing (no or malformed "
     "credentials), wrong, busy (refused unchecked: too many bcrypt checks waiting).", ["why"])
+
+REPORTS = Counter(
+    "pinproxy_reports", "Violation reports for a report_uri collector, by result: sent, failed "
+    "(refused, or still failing after the retries), dropped (the queue was full), deduplicated "
+    "(the same violation was reported within report_dedupe).", ["result"])
 
 _CHECKS = {(a, r): CHECKS.labels(a.value, r.value) for a in Action for r in Reason}
 _LOADS_OK = PINSET_LOADS.labels("ok")
@@ -145,6 +151,14 @@ _AUTH_REFUSALS = {why: PROXY_AUTH_REFUSALS.labels(why) for why in ("missing", "w
 
 def record_proxy_auth_refused(why: str) -> None:
     _AUTH_REFUSALS[why].inc()
+
+
+_REPORTS = {result: REPORTS.labels(result)
+            for result in ("sent", "failed", "dropped", "deduplicated")}
+
+
+def record_report(result: str) -> None:
+    _REPORTS[result].inc()
 
 
 def exposition() -> tuple[bytes, str]:

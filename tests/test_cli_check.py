@@ -155,7 +155,7 @@ def test_load_errors_stay_path_line_message_on_stderr(tmp_path: Path) -> None:
     assert done.stderr.splitlines() == [
         f"{path}:4: pin 'sha256/a' is not base64 of a 32-byte SHA-256 digest",
         f"{path}:7: unknown key 'include_subdomain' in a host rule; expected expires, host, "
-        "include_subdomains, mode, pins",
+        "include_subdomains, mode, pins, report_uri",
     ]
 
 
@@ -229,7 +229,7 @@ def test_json_turns_load_errors_into_findings(tmp_path: Path) -> None:
              "path": str(path), "line": 4, "host": None},
             {"severity": "error", "code": "load-error",
              "message": "unknown key 'include_subdomain' in a host rule; expected expires, "
-                        "host, include_subdomains, mode, pins",
+                        "host, include_subdomains, mode, pins, report_uri",
              "path": str(path), "line": 7, "host": None},
         ],
     }

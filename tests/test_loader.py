@@ -247,9 +247,9 @@ CASES: list[tuple[str, str, str, list[tuple[int, str]]]] = [
         hosts:
           - host: api.example
             pins: [{P}]
-        report_uri: https://example.com/
-    """, GOOD, [(5, "unknown key 'report_uri' in the pinset; expected hosts, mode, unpinned, "
-                    "version")]),
+        report_url: https://example.com/
+    """, GOOD, [(5, "unknown key 'report_url' in the pinset; expected hosts, mode, "
+                    "report_dedupe, report_uri, unpinned, version")]),
     ("unknown-rule-key", f"""
         version: 1
         hosts:
