@@ -105,7 +105,7 @@ def record(host: str = "a.example", rule: str = "p.yaml:3", chain: tuple[str, ..
 
 def test_dedupe_key_is_host_rule_and_chain() -> None:
     key = dedupe_key(record())
-    assert key == dedupe_key(record(port=8443, **{"date-time": "later"}))
+    assert key == dedupe_key({**record(), "port": 8443, "date-time": "later"})
     assert key != dedupe_key(record(host="b.example"))
     assert key != dedupe_key(record(rule="p.yaml:9"))
     assert key != dedupe_key(record(chain=("Y",)))
