@@ -23,3 +23,25 @@ def test_a_hostile_subject_stays_inside_its_comment() -> None:
     assert [r.host for r in parse_pinset(text).rules] == ["api.example"]
     assert "evil.example" in text and "\x1b" not in text
     assert printable(subject).count("\\x0a") == 2
+
+
+def test_report_uri_and_report_dedupe_round_trip() -> None:
+    text = f"""\
+version: 1
+report_uri: https://c.example/r?x=1
+report_dedupe: 90m
+hosts:
+  - host: a.example
+    report_uri: http://127.0.0.1:9000/a
+    pins: ["{PIN}"]
+  - host: b.example
+    pins: ["{PIN}"]
+"""
+    loaded = parse_pinset(text)
+    again = parse_pinset(render_loaded(loaded))
+    assert (again.report_uri, again.report_dedupe) == ("https://c.example/r?x=1", 5400.0)
+    assert [r.report_uri for r in again.rules] == ["http://127.0.0.1:9000/a", None]
+    # the twin: without them, nothing is written and the defaults come back
+    plain = render_loaded(parse_pinset(text.replace("report_uri: https://c.example/r?x=1\n", "")
+                                       .replace("report_dedupe: 90m\n", "")))
+    assert "report_dedupe" not in plain and plain.count("report_uri") == 1
