@@ -283,3 +283,26 @@ def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
                           capture_output=True, text=True, timeout=30, check=False)
     assert done.stdout == "{"
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+
+
+def test_check_shows_where_reports_go_and_warns_about_http(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    https = CLEAN.replace("version: 1\n", "version: 1\nreport_uri: https://c.example/r\n"
+                          "report_dedupe: 30m\n")
+    assert main(["check", str(write(tmp_path, https)), "--today", "2026-12-01"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1].endswith(
+        "unpinned allow, reports to https://c.example/r, report dedupe 30m")
+    assert "plaintext-report-uri" not in out
+    # the twin: an http:// (loopback) collector loads, with a warning at its rule
+    http = CLEAN.replace(f'    pins: ["{ROOT}"',
+                         f'    report_uri: http://127.0.0.1:9/r\n    pins: ["{ROOT}"', 1)
+    path = write(tmp_path, http, "http.yaml")
+    assert main(["check", str(path), "--today", "2026-12-01", "--strict"]) == 1
+    out = capsys.readouterr().out
+    assert f"{path}:3: warning: api.example.com: report_uri 'http://127.0.0.1:9/r' is " \
+           "http://" in out
+    assert "[plaintext-report-uri]" in out
+    assert main(["check", str(path), "--today", "2026-12-01"]) == 0
+    assert "1 rule with its own report_uri, report dedupe 24h; 1 warning" in \
+        capsys.readouterr().out
