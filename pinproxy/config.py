@@ -30,6 +30,7 @@ class RunConfig:
     confdir: str = "~/.mitmproxy"
     upstream_ca: str | None = None  # replaces the default upstream trust bundle
     report_log: str | None = None
+    report_queue: int = 1000  # violation reports waiting for the report_uri collector
     workers: int = 1
     log_level: str = "info"  # debug | info | warning | error
     log_format: str = "text"  # text | json

@@ -78,10 +78,32 @@ _IP = f"(?:{_IPV4}|\\[{_IPV6}\\]|{_IPV6})"
 _HOST_PATTERN = f"^(?:(?:\\*\\.)?{_DNS_NAME}|{_IP})$"
 _IP_PATTERN = f"^{_IP}$"
 
+# https:// to any host; http:// only to a loopback collector (127.0.0.0/8, [::1], localhost);
+# no credentials (user@), no #fragment.
+_URL_TAIL = "(?::[0-9]{1,5})?(?:[/?][^\\s#]*)?$"
+_REPORT_URI_PATTERN = (
+    f"^(?:{_ci('https')}://[^\\s/?#@]+"
+    f"|{_ci('http')}://(?:(?:[^\\s/?#@:]+\\.)?{_ci('localhost')}|127(?:\\.[0-9]{{1,3}}){{3}}"
+    f"|\\[::1\\])){_URL_TAIL}")
+_DURATION_PATTERN = "^[0-9]{1,9}[smhd]?$"
+
 _DATE_PATTERN = "^[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])$"
 _VALID_UNTIL_PATTERN = ("^[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
                         "(?:[Tt ](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\\.[0-9]{1,6})?"
                         "(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9]))?$")
+
+
+def _report_uri(what: str) -> dict[str, Any]:
+    return {
+        "description": f"Where violation reports {what} are POSTed: an RFC 7469 JSON report per "
+                       "violation, sent in the background (never delaying traffic), retried, "
+                       "and de-duplicated within report_dedupe. https://, or http:// to a "
+                       "loopback collector only.",
+        "type": "string",
+        "format": "uri",
+        "pattern": _REPORT_URI_PATTERN,
+        "examples": ["https://pins-collector.example.com/report"],
+    }
 
 
 def _mode(what: str) -> dict[str, Any]:
@@ -132,6 +154,17 @@ PINSET_SCHEMA: Final[dict[str, Any]] = {
             "type": "string",
             "pattern": _VALID_UNTIL_PATTERN,
         },
+        "report_uri": _report_uri("of every rule without its own 'report_uri'"),
+        "report_dedupe": {
+            "description": "How long the same violation (host, rule, served and verified "
+                           "chain) is not POSTed to report_uri again: seconds, or a number "
+                           "with s, m, h or d (at most 366d). The report log records every "
+                           "one.",
+            "anyOf": [{"type": "integer", "minimum": 0, "maximum": 366 * 86400},
+                      {"type": "string", "pattern": _DURATION_PATTERN}],
+            "default": "24h",
+            "examples": ["24h", "30m", 3600],
+        },
         "hosts": {
             "description": "The host rules. A host is decided by one rule: an exact host beats "
                            "'*.' (exactly one label), which beats include_subdomains (the "
@@ -171,6 +204,8 @@ PINSET_SCHEMA: Final[dict[str, Any]] = {
                     "pattern": _DATE_PATTERN,
                 },
                 "mode": _mode("for this rule (default: the pinset's 'mode')"),
+                "report_uri": _report_uri("of this rule (default: the pinset's "
+                                          "'report_uri')"),
             },
             "if": {"required": ["host"], "properties": {"host": {"pattern": _IP_PATTERN}}},
             "then": {"properties": {"include_subdomains": {

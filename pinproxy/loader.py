@@ -21,17 +21,23 @@ from pinproxy.errors import PinproxyError, PinsetError, Problem, quote
 from pinproxy.files import open_regular, read_regular
 from pinproxy.hostnames import parse_host_pattern
 from pinproxy.pins import Pin, parse_pin, read_pem_or_der
-from pinproxy.pinset import HostRule, Location, Mode, Pinset, Unpinned
+from pinproxy.pinset import DEFAULT_REPORT_DEDUPE, HostRule, Location, Mode, Pinset, Unpinned
+from pinproxy.reporting import parse_report_uri
 
-__all__ = ["MAX_SERIAL", "load_pinset", "parse_day", "parse_pinset", "parse_valid_until"]
+__all__ = ["MAX_SERIAL", "format_duration", "load_pinset", "parse_day", "parse_duration",
+           "parse_pinset", "parse_valid_until"]
 
 SUPPORTED_VERSIONS = (1,)
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")  # fromisoformat alone also takes 20271231, 2027-W52
 _TIMESTAMP_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?"
                              r"(?:[Zz]|[+-]\d{2}:\d{2})")
-_TOP_KEYS = {"version", "mode", "unpinned", "hosts", "serial", "valid_until"}
+_TOP_KEYS = {"version", "mode", "unpinned", "hosts", "serial", "valid_until", "report_uri",
+             "report_dedupe"}
 MAX_SERIAL = 2**63 - 1
-_RULE_KEYS = {"host", "pins", "include_subdomains", "expires", "mode"}
+_RULE_KEYS = {"host", "pins", "include_subdomains", "expires", "mode", "report_uri"}
+_DURATION = re.compile(r"(\d{1,9})([smhd]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_MAX_DEDUPE = 366 * 86400
 _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
 _BOOL = "tag:yaml.org,2002:bool"
@@ -58,6 +64,24 @@ def parse_valid_until(text: str) -> dt.datetime:
     if when.tzinfo is None:
         raise ValueError(text)
     return when
+
+
+def parse_duration(text: str) -> int:
+    """Seconds written as a whole number with an optional unit: `90`, `90s`, `30m`, `24h`,
+    `7d`; ValueError otherwise."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration such as 24h, 30m, 90s or 7d")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest `parse_duration` spelling of a whole number of seconds (`24h`, `90s`)."""
+    whole = int(seconds)
+    for unit, size in (("h", 3600), ("m", 60)):
+        if whole and whole % size == 0:
+            return f"{whole // size}{unit}"
+    return f"{whole}s"
 
 
 def load_pinset(path: str | Path, allow_files: bool = True) -> Pinset:
@@ -150,13 +174,19 @@ class _Parser:
         valid_until = (self._valid_until(fields["valid_until"]) if "valid_until" in fields
                        else None)
         rules = self._rules(fields.get("hosts"), mode or Mode.ENFORCE)
-        if mode is None or unpinned is None or rules is None:
+        report_uri = self._report_uri(fields["report_uri"]) if "report_uri" in fields else None
+        dedupe = (self._dedupe(fields["report_dedupe"]) if "report_dedupe" in fields
+                  else DEFAULT_REPORT_DEDUPE)
+        if mode is None or unpinned is None or rules is None or dedupe is None:
             return None
         if ("serial" in fields and serial is None) or (
                 "valid_until" in fields and valid_until is None):
             return None
+        if "report_uri" in fields and report_uri is None:
+            return None
         return Pinset(rules=tuple(rules), source=self.source, mode=mode, unpinned=unpinned,
-                      serial=serial, valid_until=valid_until)
+                      serial=serial, valid_until=valid_until, report_uri=report_uri,
+                      report_dedupe=dedupe)
 
     def _rules(self, node: Node | None, default_mode: Mode) -> list[HostRule] | None:
         if node is None:
@@ -198,12 +228,15 @@ class _Parser:
         pins = self._pins(fields.get("pins"), host or "this host")
         expires = self._date(fields["expires"]) if "expires" in fields else None
         mode = self._choice(fields.get("mode"), "'mode'", Mode, Mode.ENFORCE)
+        report_uri = self._report_uri(fields["report_uri"]) if "report_uri" in fields else None
         if host is None or pins is None or include_subdomains is None or mode is None:
             return None
-        if "expires" in fields and expires is None:
+        if ("expires" in fields and expires is None) or (
+                "report_uri" in fields and report_uri is None):
             return None
         rule = HostRule(host=host, pins=pins, location=Location(self.source, node.line),
-                        include_subdomains=include_subdomains, mode=mode, expires=expires)
+                        include_subdomains=include_subdomains, mode=mode, expires=expires,
+                        report_uri=report_uri)
         return rule, "mode" not in fields
 
     # -- values ----------------------------------------------------------------------------
@@ -291,6 +324,32 @@ class _Parser:
         if not self._refuse_alias(node):
             shown = node.value if isinstance(node, Scalar) else _kind(node)
             self.problem(node, f"'expires' must be a date written YYYY-MM-DD, not {quote(shown)}")
+        return None
+
+    def _report_uri(self, node: Node) -> str | None:
+        text = self._scalar(node, _STR, "'report_uri'", hint="an https:// URL")
+        if text is None:
+            return None
+        try:
+            parse_report_uri(text)
+        except ValueError as e:
+            self.problem(node, f"'report_uri' {text[:200]!r} {e}")
+            return None
+        return text
+
+    def _dedupe(self, node: Node) -> float | None:
+        if isinstance(node, Scalar) and node.tag in (_INT, _STR):
+            try:
+                seconds = parse_duration(node.value)
+            except ValueError:
+                pass
+            else:
+                if seconds <= _MAX_DEDUPE:
+                    return float(seconds)
+        if not self._refuse_alias(node):
+            shown = node.value if isinstance(node, Scalar) else _kind(node)
+            self.problem(node, f"'report_dedupe' must be a duration such as 24h, 30m, 90s or "
+                               f"7d (seconds when no unit; at most 366d), not {shown!r}")
         return None
 
     def _boolean(self, node: Node, what: str) -> bool | None:

@@ -45,6 +45,7 @@ __all__ = [
     "record_load_failed",
     "record_loaded",
     "record_proxy_auth_refused",
+    "record_report",
     "record_report_write_error",
     "record_signed_pinset",
     "record_stale",
@@ -103,6 +104,10 @@ PINSET_WENT_STALE = Counter("pinproxy_pinset_went_stale",
                             "Times the signed pinset in force went stale.")
 STALE_CONNECTIONS = Counter("pinproxy_stale_pinset_connections",
                             "Upstream connections made while the signed pinset in force was stale.")
+REPORTS = Counter(
+    "pinproxy_reports", "Violation reports for a report_uri collector, by result: sent, failed "
+    "(refused, or still failing after the retries), dropped (the queue was full), deduplicated "
+    "(the same violation was reported within report_dedupe).", ["result"])
 
 _CHECKS = {(a, r): CHECKS.labels(a.value, r.value) for a in Action for r in Reason}
 _LOADS_OK = PINSET_LOADS.labels("ok")
@@ -188,6 +193,14 @@ _AUTH_REFUSALS = {why: PROXY_AUTH_REFUSALS.labels(why) for why in ("missing", "w
 
 def record_proxy_auth_refused(why: str) -> None:
     _AUTH_REFUSALS[why].inc()
+
+
+_REPORTS = {result: REPORTS.labels(result)
+            for result in ("sent", "failed", "dropped", "deduplicated")}
+
+
+def record_report(result: str) -> None:
+    _REPORTS[result].inc()
 
 
 def exposition() -> tuple[bytes, str]:

@@ -15,7 +15,7 @@ from enum import StrEnum
 from pinproxy.hostnames import is_ip_literal, parent_domains
 from pinproxy.pins import Pin
 
-__all__ = ["HostRule", "Location", "Mode", "Pinset", "Unpinned"]
+__all__ = ["DEFAULT_REPORT_DEDUPE", "HostRule", "Location", "Mode", "Pinset", "Unpinned"]
 
 
 class Mode(StrEnum):
@@ -53,7 +53,8 @@ class HostRule:
 
     `host` is normalised; a wildcard is spelled `*.example.com`. `pins` are distinct, in the
     order written (a tuple: a 100 000-rule pinset would spend 16 MB more on frozensets).
-    `expires` is the last day (UTC) on which the rule is enforced.
+    `expires` is the last day (UTC) on which the rule is enforced. `report_uri` is the
+    collector of this rule's violation reports (None: the pinset's).
     """
 
     host: str
@@ -62,6 +63,7 @@ class HostRule:
     include_subdomains: bool = False
     mode: Mode = Mode.ENFORCE
     expires: date | None = None
+    report_uri: str | None = None
 
     @property
     def is_wildcard(self) -> bool:
@@ -80,12 +82,17 @@ class HostRule:
         return self.expires is not None and today > self.expires
 
 
+DEFAULT_REPORT_DEDUPE = 86400.0  # seconds a report is not sent again: TrustKit's 24 hours
+
+
 @dataclass(frozen=True, slots=True)
 class Pinset:
     """Every host rule of one pinset file, indexed for lookup at construction.
 
     `serial` and `valid_until` matter for a signed remote pinset: a fetched pinset with a lower
     serial is a rollback, one past `valid_until` a replay (both refused).
+    `report_uri` is where violation reports are POSTed (a rule may name its own);
+    `report_dedupe` how many seconds the same violation is not POSTed again.
     """
 
     rules: tuple[HostRule, ...]
@@ -94,6 +101,8 @@ class Pinset:
     unpinned: Unpinned = Unpinned.ALLOW
     serial: int | None = None
     valid_until: datetime | None = None  # timezone-aware
+    report_uri: str | None = None
+    report_dedupe: float = DEFAULT_REPORT_DEDUPE
     _exact: dict[str, HostRule] = field(init=False, repr=False, compare=False)
     _one_label: dict[str, HostRule] = field(init=False, repr=False, compare=False)
     _apex_and_below: dict[str, HostRule] = field(init=False, repr=False, compare=False)
@@ -138,6 +147,10 @@ class Pinset:
                 yield rule
             if rule := self._apex_and_below.get(parent):
                 yield rule
+
+    def report_uri_for(self, rule: HostRule | None) -> str | None:
+        """The collector of a violation decided by `rule` (None: no rule covered the host)."""
+        return rule.report_uri if rule is not None and rule.report_uri else self.report_uri
 
     def covers(self, host: str) -> bool:
         """True when some rule, expired or not, names this host."""

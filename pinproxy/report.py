@@ -114,7 +114,9 @@ def violation_record(
     served_chain: Sequence[CertificatePins],
     now: dt.datetime,
 ) -> dict[str, Any]:
-    """An RFC 7469 section 3 report, plus `mode`, `action`, `reason` and `rule`."""
+    """An RFC 7469 section 3 report, plus `mode`, `action`, `reason` and `rule`: the one record
+    of a violation, written to the report log and POSTed as is to a `report_uri` collector.
+    Only what the decision has (host, port, chains, rule): never request data."""
     rule = decision.rule
     expiry = (
         dt.datetime.combine(rule.expires, dt.time(23, 59, 59), dt.UTC).isoformat()

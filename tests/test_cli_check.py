@@ -155,7 +155,7 @@ def test_load_errors_stay_path_line_message_on_stderr(tmp_path: Path) -> None:
     assert done.stderr.splitlines() == [
         f"{path}:4: pin 'sha256/a' is not base64 of a 32-byte SHA-256 digest",
         f"{path}:7: unknown key 'include_subdomain' in a host rule; expected expires, host, "
-        "include_subdomains, mode, pins",
+        "include_subdomains, mode, pins, report_uri",
     ]
 
 
@@ -229,7 +229,7 @@ def test_json_turns_load_errors_into_findings(tmp_path: Path) -> None:
              "path": str(path), "line": 4, "host": None},
             {"severity": "error", "code": "load-error",
              "message": "unknown key 'include_subdomain' in a host rule; expected expires, "
-                        "host, include_subdomains, mode, pins",
+                        "host, include_subdomains, mode, pins, report_uri",
              "path": str(path), "line": 7, "host": None},
         ],
     }
@@ -309,3 +309,24 @@ def test_check_warns_when_valid_until_is_near_or_past(
     assert main(["check", str(path), "--today", "2027-01-11", "--strict"]) == 1
     assert "[stale]" in capsys.readouterr().out
     assert main(["check", str(path), "--today", "2027-01-01", "--strict"]) == 0
+def test_check_shows_where_reports_go_and_warns_about_http(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    https = CLEAN.replace("version: 1\n", "version: 1\nreport_uri: https://c.example/r\n"
+                          "report_dedupe: 30m\n")
+    assert main(["check", str(write(tmp_path, https)), "--today", "2026-12-01"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1].endswith(
+        "unpinned allow, reports to https://c.example/r, report dedupe 30m")
+    assert "plaintext-report-uri" not in out
+    # the twin: an http:// (loopback) collector loads, with a warning at its rule
+    http = CLEAN.replace(f'    pins: ["{ROOT}"',
+                         f'    report_uri: http://127.0.0.1:9/r\n    pins: ["{ROOT}"', 1)
+    path = write(tmp_path, http, "http.yaml")
+    assert main(["check", str(path), "--today", "2026-12-01", "--strict"]) == 1
+    out = capsys.readouterr().out
+    assert f"{path}:3: warning: api.example.com: report_uri 'http://127.0.0.1:9/r' is " \
+           "http://" in out
+    assert "[plaintext-report-uri]" in out
+    assert main(["check", str(path), "--today", "2026-12-01"]) == 0
+    assert "1 rule with its own report_uri, report dedupe 24h; 1 warning" in \
+        capsys.readouterr().out

@@ -133,3 +133,26 @@ def test_export_defaults_report_only_and_what_hpkp_cannot_carry() -> None:
         (Location("pins.yaml", 11), "*.wild.example"),  # the whole-certificate pin is left out
         (Location("pins.yaml", 11), "*.wild.example has one pin"),
     ]
+
+
+def test_export_carries_each_rule_report_uri() -> None:
+    source = parse_pinset(textwrap.dedent(f"""\
+        version: 1
+        report_uri: https://c.example/r
+        hosts:
+          - host: a.example
+            pins: ["sha256/{X1}", "sha256/{X2}"]
+          - host: b.example
+            report_uri: https://b-team.example/pins
+            pins: ["sha256/{X1}", "sha256/{X2}"]
+        """), "pins.yaml")
+    headers = [line for line in export_pinset(source, "hpkp", now=NOW).text.splitlines()
+               if not line.startswith("#")]
+    assert [h.rpartition("; ")[2] for h in headers] == [
+        'report-uri="https://c.example/r"', 'report-uri="https://b-team.example/pins"']
+    # the twin: a pinset without report_uri exports no report-uri directive
+    plain = export_pinset(pinset(f"""\
+        - host: a.example
+          pins: ["sha256/{X1}", "sha256/{X2}"]
+        """), "hpkp", now=NOW).text
+    assert "report-uri" not in plain

@@ -70,6 +70,9 @@ def loader_accepts(text: str, base_dir: Path) -> bool:
     return True
 
 
+V1 = "version: 1"
+
+
 def doc(hosts: str, top: str = "version: 1") -> str:
     return f"{top}\nhosts:\n{textwrap.indent(textwrap.dedent(hosts), '  ')}"
 
@@ -166,6 +169,29 @@ AGREE: list[tuple[str, str, bool]] = [
     ("valid-until-no-zone", "version: 1\nvalid_until: 2027-01-31T12:00:00\nhosts: []\n", False),
     ("valid-until-words", "version: 1\nvalid_until: soon\nhosts: []\n", False),
     ("valid-until-number", "version: 1\nvalid_until: 20270131\nhosts: []\n", False),
+    ("report-uri-https", doc(host_rule("a.example"), top=f"{V1}\nreport_uri: "
+                                                         "https://c.example:8443/r?x=1"), True),
+    ("report-uri-http-loopback", doc(host_rule("a.example", "report_uri: http://127.0.0.1:9/r"),
+                                     top=f"{V1}\nreport_uri: http://[::1]/"), True),
+    ("report-uri-http-localhost", doc(host_rule("a.example"),
+                                      top=f"{V1}\nreport_uri: http://LOCALHOST:80/r"), True),
+    ("report-uri-http-remote", doc(host_rule("a.example", "report_uri: http://c.example/")),
+     False),
+    ("report-uri-credentials", doc(host_rule("a.example"),
+                                   top=f"{V1}\nreport_uri: https://u:p@c.example/"), False),
+    ("report-uri-fragment", doc(host_rule("a.example"),
+                                top=f"{V1}\nreport_uri: https://c.example/r#x"), False),
+    ("report-uri-ftp", doc(host_rule("a.example"), top=f"{V1}\nreport_uri: ftp://c.example/"),
+     False),
+    ("report-uri-number", doc(host_rule("a.example", "report_uri: 12")), False),
+    ("report-dedupe-units", doc(host_rule("a.example"), top=f"{V1}\nreport_dedupe: 30m"), True),
+    ("report-dedupe-seconds", doc(host_rule("a.example"), top=f"{V1}\nreport_dedupe: 3600"),
+     True),
+    ("report-dedupe-words", doc(host_rule("a.example"), top=f"{V1}\nreport_dedupe: 2 hours"),
+     False),
+    ("report-dedupe-negative", doc(host_rule("a.example"), top=f"{V1}\nreport_dedupe: -5"),
+     False),
+    ("report-dedupe-on-a-rule", doc(host_rule("a.example", "report_dedupe: 1h")), False),
 ]
 
 # Only the loader sees these: what a schema of the parsed document cannot express.
@@ -179,6 +205,7 @@ LOADER_ONLY: list[tuple[str, str]] = [
     ("version-float", "version: 1.0\nhosts: []\n"),
     ("serial-hex", "version: 1\nserial: 0x10\nhosts: []\n"),
     ("valid-until-no-such-day", "version: 1\nvalid_until: 2027-02-30\nhosts: []\n"),
+    ("report-dedupe-over-a-year", doc(host_rule("a.example"), top=f"{V1}\nreport_dedupe: 400d")),
 ]
 
 

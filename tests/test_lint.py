@@ -11,6 +11,7 @@ import hashlib
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -312,6 +313,23 @@ def test_the_public_suffix_list_is_read_offline() -> None:
 
 # -- every code, and the cost on a large pinset --------------------------------------------
 
+@pytest.mark.parametrize(("top", "own", "expected"), [
+    ("http://127.0.0.1:9/r", None, [("plaintext-report-uri", None)]),
+    ("HTTP://localhost/r", None, [("plaintext-report-uri", None)]),
+    (None, "http://[::1]:9/r", [("plaintext-report-uri", "one.example")]),
+    ("https://c.example/r", "https://d.example/r", []),  # the twin: https is not flagged
+    (None, None, []),
+])
+def test_a_plaintext_report_uri_is_a_warning(top: str | None, own: str | None,
+                                             expected: list[tuple[str, str | None]]) -> None:
+    one = replace(rule("one.example", *GOOD), report_uri=own)
+    found = lint(replace(pinset(), rules=(one,), report_uri=top), TODAY)
+    assert codes([f for f in found if f.code == "plaintext-report-uri"]) == expected
+    for finding in found:
+        if finding.code == "plaintext-report-uri":
+            assert finding.severity is Severity.WARNING and "http://" in finding.message
+
+
 def test_every_documented_code_can_be_reported() -> None:
     rules = pinset(
         rule("one.example", ROOT),
@@ -326,6 +344,8 @@ def test_every_documented_code_can_be_reported() -> None:
     soon = Pinset(rules.rules, rules.source, valid_until=datetime(2027, 6, 2, tzinfo=UTC))
     found = {f.code for f in lint(rules, TODAY) + lint(stale, TODAY) + lint(soon, TODAY)}
     assert found | {"protects-nothing"} == set(CODES)
+    rules = replace(rules, report_uri="http://127.0.0.1:9/r")
+    assert {f.code for f in lint(rules, TODAY)} | {"protects-nothing"} == set(CODES)
     assert {f.code for f in lint(pinset(), TODAY)} == {"protects-nothing"}
 
 

@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from pinproxy.errors import PinsetError, Problem
-from pinproxy.loader import load_pinset, parse_pinset
+from pinproxy.loader import format_duration, load_pinset, parse_duration, parse_pinset
 from pinproxy.pins import Pin, PinKind, parse_pin
 from pinproxy.pinset import HostRule, Location, Mode, Pinset, Unpinned
 from tests import certs
@@ -247,8 +247,9 @@ CASES: list[tuple[str, str, str, list[tuple[int, str]]]] = [
         hosts:
           - host: api.example
             pins: [{P}]
-        report_uri: https://example.com/
-    """, GOOD, [(5, "unknown key 'report_uri' in the pinset; expected hosts, mode, ")]),
+        report_url: https://example.com/
+    """, GOOD, [(5, "unknown key 'report_url' in the pinset; expected hosts, mode, "
+                    "report_dedupe, report_uri, serial, unpinned, valid_until, version")]),
     ("unknown-rule-key", f"""
         version: 1
         hosts:
@@ -557,7 +558,80 @@ CASES: list[tuple[str, str, str, list[tuple[int, str]]]] = [
           ("no-seconds", "2027-01-31T12:00Z", "2027-01-31T12:00:00+02:00", "2027-01-31T12:00Z"),
           ("number", "20270131", "2027-01-31 12:00:00.5z", "20270131"),
       ]],
+    ("report-uri-http-to-a-remote-host", f"""
+        version: 1
+        report_uri: http://collector.example/r
+        hosts:
+          - host: api.example
+            pins: [{P}]
+    """, GOOD, [(2, "'report_uri' 'http://collector.example/r' is http:// to a host that is not"
+                    " loopback")]),
+    ("report-uri-of-a-rule", f"""
+        version: 1
+        hosts:
+          - host: api.example
+            report_uri: https://user:pw@collector.example/r
+            pins: [{P}]
+    """, GOOD, [(4, "'report_uri' 'https://user:pw@collector.example/r' must not hold "
+                    "credentials")]),
+    ("report-uri-not-text", f"""
+        version: 1
+        report_uri: [https://c.example/]
+        hosts:
+          - host: api.example
+            pins: [{P}]
+    """, GOOD, [(2, "'report_uri' must be an https:// URL, not a list")]),
+    ("report-dedupe-words", f"""
+        version: 1
+        report_dedupe: one day
+        hosts:
+          - host: api.example
+            pins: [{P}]
+    """, GOOD, [(2, "'report_dedupe' must be a duration such as 24h, 30m, 90s or 7d")]),
+    ("report-dedupe-too-long", f"""
+        version: 1
+        report_dedupe: 367d
+        hosts:
+          - host: api.example
+            pins: [{P}]
+    """, GOOD, [(2, "'report_dedupe' must be a duration")]),
+    ("report-dedupe-per-rule", f"""
+        version: 1
+        hosts:
+          - host: api.example
+            report_dedupe: 1h
+            pins: [{P}]
+    """, GOOD, [(4, "unknown key 'report_dedupe' in a host rule")]),
 ]
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("90", 90), ("90s", 90), ("30m", 1800), ("24h", 86400), ("7d", 604800), ("0", 0),
+])
+def test_report_dedupe_durations(text: str, seconds: int) -> None:
+    loaded = parse_pinset(f"version: 1\nreport_dedupe: {text}\nhosts: []\n")
+    assert loaded.report_dedupe == seconds
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
+def test_report_uri_defaults_and_the_rule_override() -> None:
+    loaded = parse_pinset(f"""\
+version: 1
+report_uri: https://c.example/r
+hosts:
+  - host: a.example
+    report_uri: http://[::1]:9/a
+    pins: [{P}]
+  - host: b.example
+    pins: [{P}]
+""")
+    a, b = loaded.rules
+    assert loaded.report_uri_for(a) == "http://[::1]:9/a"
+    assert loaded.report_uri_for(b) == loaded.report_uri_for(None) == "https://c.example/r"
+    assert loaded.report_dedupe == 86400
+    # the twin: without report_uri nothing is reported anywhere
+    assert parse_pinset(f"version: 1\nhosts:\n  - host: a.example\n    pins: [{P}]\n"
+                        ).report_uri_for(None) is None
 
 
 @pytest.mark.parametrize(("bad", "good", "expected"), [case[1:] for case in CASES],

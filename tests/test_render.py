@@ -45,3 +45,23 @@ def test_serial_and_valid_until_are_written_back(written: str, rendered: str) ->
     if pinset.valid_until is not None:
         assert again.valid_until is not None and again.valid_until.tzinfo is not None
         assert again.valid_until <= datetime(2027, 2, 1, tzinfo=UTC)
+def test_report_uri_and_report_dedupe_round_trip() -> None:
+    text = f"""\
+version: 1
+report_uri: https://c.example/r?x=1
+report_dedupe: 90m
+hosts:
+  - host: a.example
+    report_uri: http://127.0.0.1:9000/a
+    pins: ["{PIN}"]
+  - host: b.example
+    pins: ["{PIN}"]
+"""
+    loaded = parse_pinset(text)
+    again = parse_pinset(render_loaded(loaded))
+    assert (again.report_uri, again.report_dedupe) == ("https://c.example/r?x=1", 5400.0)
+    assert [r.report_uri for r in again.rules] == ["http://127.0.0.1:9000/a", None]
+    # the twin: without them, nothing is written and the defaults come back
+    plain = render_loaded(parse_pinset(text.replace("report_uri: https://c.example/r?x=1\n", "")
+                                       .replace("report_dedupe: 90m\n", "")))
+    assert "report_dedupe" not in plain and plain.count("report_uri") == 1

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from pinproxy.commands._probe_options import add_probe_options
 from pinproxy.errors import PinproxyError, PinsetError, Problem, quote
-from pinproxy.loader import load_pinset, parse_day
+from pinproxy.loader import format_duration, load_pinset, parse_day
 from pinproxy.pinset import Pinset
 from pinproxy.tools.lint import CODES, Finding, Severity, lint
 from pinproxy.tools.live import LIVE_CODES, live_findings
@@ -106,7 +106,7 @@ def _summary(path: str, pinset: Pinset, findings: Sequence[Finding], code: int) 
     counts = _counts(findings)
     if code == EXIT_OK:
         shape = (f"{len(pinset.rules)} host rules, {pinset.pin_count} pins, mode {pinset.mode}, "
-                 f"unpinned {pinset.unpinned}{_signed_keys(pinset)}")
+                 f"unpinned {pinset.unpinned}{_signed_keys(pinset)}{_reporting(pinset)}")
         tail = f"; {_plural(counts[Severity.WARNING], 'warning')}" if findings else ""
         return f"{path}: OK: {shape}{tail}"
     because = " (--strict)" if code == EXIT_WARNINGS else ""
@@ -130,6 +130,17 @@ def _signed_fields(pinset: Pinset | None) -> dict[str, object]:
     if pinset is not None and pinset.valid_until is not None:
         fields["valid_until"] = pinset.valid_until.isoformat()
     return fields
+def _reporting(pinset: Pinset) -> str:
+    """Where violation reports are POSTed, when the pinset says: the top-level report_uri,
+    how many rules name their own, and the dedupe window."""
+    own = sum(1 for rule in pinset.rules if rule.report_uri)
+    if pinset.report_uri is None and not own:
+        return ""
+    parts = [f"reports to {pinset.report_uri}"] if pinset.report_uri else []
+    if own:
+        parts.append(f"{_plural(own, 'rule')} with its own report_uri")
+    parts.append(f"report dedupe {format_duration(pinset.report_dedupe)}")
+    return ", " + ", ".join(parts)
 
 
 def _counts(findings: Sequence[Finding]) -> dict[Severity, int]:

@@ -75,6 +75,12 @@ def _workers(text: str) -> int:
     return int(text)
 
 
+def _report_queue(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 1_000_000:
+        raise ValueError("is not a number of reports (1-1000000)")
+    return int(text)
+
+
 def _admin_listen(text: str) -> str:
     if text != "off":
         try:
@@ -151,6 +157,8 @@ FLAGS: tuple[Flag, ...] = (
          "trust only these CA certificates upstream (replaces the default bundle)", "PEM"),
     Flag("report_log", _nonempty, "append one JSON object per pin violation to this file",
          "PATH"),
+    Flag("report_queue", _report_queue, "violation reports that may wait for the pinset's "
+         "report_uri collector; more are dropped and counted (default: %(default)s)", "N"),
     Flag("workers", _workers, "proxy processes sharing the port, one per core (default: 1)", "N"),
     Flag("log_level", _choice("debug", "info", "warning", "error"), "default: %(default)s",
          choices=("debug", "info", "warning", "error")),

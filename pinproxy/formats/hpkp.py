@@ -108,8 +108,8 @@ def _entry(host: str, mode: Mode, directives: list[tuple[str, str | None]], wher
         elif name == "includesubdomains":
             include = True
         elif name == "report-uri":
-            notices.append(Notice(where, f"report-uri {raw!r} is not kept: pinproxy writes "
-                                         "violation reports with 'pinproxy run --report-log'"))
+            notices.append(Notice(where, f"report-uri {raw!r} is not kept: set the pinset's "
+                                         "report_uri (or 'pinproxy run --report-log')"))
         else:
             notices.append(Notice(where, f"unknown directive {quote(name)} ignored, as RFC 7469 "
                                          "asks", lossy=False))
@@ -158,6 +158,8 @@ def render(pinset: Pinset, now: datetime) -> Converted:
         directives.append(f"max-age={max_age}")
         if rule.include_subdomains:
             directives.append("includeSubDomains")
+        if (report_uri := pinset.report_uri_for(rule)) is not None:
+            directives.append(f'report-uri="{report_uri}"')
         header = "Public-Key-Pins-Report-Only" if rule.mode is Mode.REPORT else "Public-Key-Pins"
         out.append(f"# {_senders(rule)} ({where})")
         out.append(f"{header}: {'; '.join(directives)}")

@@ -46,6 +46,7 @@ from pinproxy.policy import (
     refuse_unverified,
 )
 from pinproxy.proxy._openssl import verify_error_text, x509_pins
+from pinproxy.proxy.collector import CollectorTransport
 from pinproxy.reloading import CurrentPinset
 from pinproxy.report import (
     ReportLog,
@@ -55,6 +56,7 @@ from pinproxy.report import (
     refusal_page,
     violation_record,
 )
+from pinproxy.reporting import QUEUE_SIZE, ReportSender
 from pinproxy.tools.lint import protects_nothing
 
 __all__ = ["Pinning"]
@@ -81,7 +83,8 @@ class Pinning:
     # a default file there would be loaded, and its error reported instead of the real one.
     pinset_default = ""
 
-    def __init__(self, label: str = "", load: Callable[[str], Pinset] = load_pinset) -> None:
+    def __init__(self, label: str = "", load: Callable[[str], Pinset] = load_pinset,
+                 report_queue: int = QUEUE_SIZE) -> None:
         self.label = label  # e.g. "worker 1/2", shown in the start-up line
         self._expiry_noted: set[Location] = set()
         self.pinsets = CurrentPinset(load, on_install=self._installed,
@@ -90,6 +93,9 @@ class Pinning:
         self.admin_url = ""  # the admin endpoint, named in the start-up line when there is one
         self.summary: dict[str, Any] | None = None  # what /pinset shows, made once per load
         self._report_log: ReportLog | None = None
+        # report_uri: a thread started in `running`, stopped in `done`; hooks only enqueue
+        self._collector = CollectorTransport(lambda: self.pinsets.pinset)
+        self.reports = ReportSender(self._collector, queue_size=report_queue)
         # client -> server id -> refusal, as long as the client connection lives: in eager mode
         # the failed server connection is already closed when the client's request arrives.
         self._refusals: weakref.WeakKeyDictionary[connection.Client, dict[str, Decision]] = (
@@ -143,6 +149,8 @@ class Pinning:
             self.reload(force=False)
         if "pinset_report_log" in updated:
             self._open_report_log(ctx.options.pinset_report_log)
+        if "ssl_verify_upstream_trusted_ca" in updated:  # collectors: the upstreams' trust
+            self._collector.ca_file = ctx.options.ssl_verify_upstream_trusted_ca
 
     def reload(self, force: bool = True) -> None:
         """Load the pinset file; a bad file raises `OptionsError` and the old pinset stays."""
@@ -190,6 +198,8 @@ class Pinning:
                        listening or "(nothing)", f" ({self.label})" if self.label else "",
                        loaded, ca_cert, admin)
         self.readiness.listening = bool(listening)
+        self._collector.listening = [(str(h), int(p)) for h, p, *_ in proxyserver.listen_addrs()]
+        self.reports.start()
 
     def client_connected(self, client: connection.Client) -> None:
         metrics.record_client_connected()
@@ -198,6 +208,7 @@ class Pinning:
         metrics.record_client_disconnected()
 
     def done(self) -> None:
+        self.reports.close()
         if self._report_log is not None:
             self._report_log.close()
         _check_soon_that_pinning_is_active()  # a script reload may have failed
@@ -262,11 +273,19 @@ class Pinning:
 
     def _write_report(self, decision: Decision, port: int | None,
                       served: Callable[[], list[CertificatePins]]) -> None:
+        """One record for the report log and the report_uri collector (queued, never sent
+        here)."""
+        pinset = self.pinset
+        report_uri = pinset.report_uri_for(decision.rule) if pinset is not None else None
+        if self._report_log is None and report_uri is None:
+            return
+        record = violation_record(decision, port, served(), dt.datetime.now(dt.UTC))
+        if report_uri is not None and pinset is not None:
+            self.reports.submit(report_uri, record, pinset.report_dedupe)
         if self._report_log is None:
             return
         try:
-            self._report_log.write(
-                violation_record(decision, port, served(), dt.datetime.now(dt.UTC)))
+            self._report_log.write(record)
         except OSError as e:
             metrics.record_report_write_error()
             logger.error("pinproxy could not write a record to report log %s: %s; the next record"

@@ -38,7 +38,8 @@ async def serve(config: RunConfig, worker: str = "",
 
         enable_reuse_port()
     opts = options.Options()
-    addon = Pinning(label=f"worker {worker}" if worker else "", load=load)
+    addon = Pinning(label=f"worker {worker}" if worker else "", load=load,
+                    report_queue=config.report_queue)
     master = build_master(opts, addon, config.proxy_auth)
     # -- readiness and drain (SIGTERM: drain, then stop; a second SIGTERM or SIGINT: stop now)
     drain = Drain(addon.readiness, on_ready=lambda: _report_ready(status_fd))

@@ -49,6 +49,8 @@ CODES = {
     "mixed-script": "a host label mixes scripts (Latin and Cyrillic...): a look-alike name",
     "stale": "the pinset is past its 'valid_until': a proxy fetching it would refuse it",
     "stale-soon": f"the pinset's 'valid_until' is within {STALE_WARNING_DAYS} days",
+    "plaintext-report-uri": "a report_uri is http:// (loopback only): reports are not "
+                            "encrypted nor the collector authenticated",
 }
 
 # Well-formed digests that are no key's SPKI hash: the all-zero digest (OkHttp's docs trick to
@@ -89,13 +91,25 @@ def lint(pinset: Pinset, today: date, now: datetime | None = None) -> list[Findi
     if (nothing := protects_nothing(pinset, today)) is not None:
         findings.append(Finding(Severity.WARNING, "protects-nothing", nothing,
                                 Location(pinset.source)))
+    if pinset.report_uri is not None and pinset.report_uri.lower().startswith("http:"):
+        findings.append(Finding(Severity.WARNING, "plaintext-report-uri",
+                                _plaintext_report_uri(pinset.report_uri),
+                                Location(pinset.source)))
     for rule in pinset.rules:
+        if rule.report_uri is not None and rule.report_uri.lower().startswith("http:"):
+            findings.append(_warning(rule, "plaintext-report-uri",
+                                     f"{rule.host}: {_plaintext_report_uri(rule.report_uri)}"))
         findings.extend(_backup(rule))
         findings.extend(_expiry(rule, today))
         findings.extend(_overlaps(pinset, rule, today))
         findings.extend(_public_suffix(rule))
         findings.extend(_mixed_script(rule))
     return findings
+
+
+def _plaintext_report_uri(url: str) -> str:
+    return (f"report_uri {url!r} is http://: reports go unencrypted to whatever listens on "
+            "that loopback port; use https:// unless the collector is a local agent")
 
 
 def _warning(rule: HostRule, code: str, message: str) -> Finding:

@@ -12,8 +12,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 
+from pinproxy.loader import format_duration
 from pinproxy.pins import Pin
-from pinproxy.pinset import HostRule, Mode, Pinset, Unpinned
+from pinproxy.pinset import DEFAULT_REPORT_DEDUPE, HostRule, Mode, Pinset, Unpinned
 
 __all__ = ["PinLine", "RuleText", "printable", "render_loaded", "render_pinset", "render_rules",
            "rule_text"]
@@ -35,6 +36,7 @@ class RuleText:
     expires: date | None = None
     mode: Mode | None = None  # None: the pinset's mode
     notes: tuple[str, ...] = field(default=())  # comment lines written above the rule
+    report_uri: str | None = None  # None: the pinset's
 
 
 def rule_text(rule: HostRule, default_mode: Mode = Mode.ENFORCE) -> RuleText:
@@ -45,6 +47,7 @@ def rule_text(rule: HostRule, default_mode: Mode = Mode.ENFORCE) -> RuleText:
         include_subdomains=rule.include_subdomains,
         expires=rule.expires,
         mode=rule.mode if rule.mode is not default_mode else None,
+        report_uri=rule.report_uri,
     )
 
 
@@ -60,6 +63,8 @@ def render_rules(rules: Iterable[RuleText], indent: str = "  ") -> str:
             out.append(f"{indent}  mode: {rule.mode.value}")
         if rule.expires is not None:
             out.append(f"{indent}  expires: {rule.expires.isoformat()}")
+        if rule.report_uri is not None:
+            out.append(f"{indent}  report_uri: {_quoted(rule.report_uri)}")
         out.append(f"{indent}  pins:")
         for line in rule.pins:
             comment = f"  # {printable(line.comment)}" if line.comment else ""
@@ -69,7 +74,9 @@ def render_rules(rules: Iterable[RuleText], indent: str = "  ") -> str:
 
 def render_pinset(rules: Sequence[RuleText], mode: Mode = Mode.ENFORCE,
                   unpinned: Unpinned = Unpinned.ALLOW, header: Sequence[str] = (),
-                  serial: int | None = None, valid_until: datetime | None = None) -> str:
+                  serial: int | None = None, valid_until: datetime | None = None,
+                  report_uri: str | None = None,
+                  report_dedupe: float = DEFAULT_REPORT_DEDUPE) -> str:
     """A whole version-1 pinset file."""
     lines = [f"# {printable(line)}" if line else "#" for line in header]
     lines += ["version: 1", f"mode: {mode.value}", f"unpinned: {unpinned.value}"]
@@ -77,6 +84,10 @@ def render_pinset(rules: Sequence[RuleText], mode: Mode = Mode.ENFORCE,
         lines.append(f"serial: {serial}")
     if valid_until is not None:
         lines.append(f"valid_until: {_valid_until_text(valid_until)}")
+    if report_uri is not None:
+        lines.append(f"report_uri: {_quoted(report_uri)}")
+    if report_dedupe != DEFAULT_REPORT_DEDUPE:
+        lines.append(f"report_dedupe: {format_duration(report_dedupe)}")
     body = render_rules(rules)
     lines.append("hosts:" if body else "hosts: []")
     return "\n".join(lines) + "\n" + body
@@ -85,7 +96,8 @@ def render_pinset(rules: Sequence[RuleText], mode: Mode = Mode.ENFORCE,
 def render_loaded(pinset: Pinset, header: Sequence[str] = ()) -> str:
     """A loaded pinset written back out (comments are not kept)."""
     return render_pinset([rule_text(r, pinset.mode) for r in pinset.rules], pinset.mode,
-                         pinset.unpinned, header, pinset.serial, pinset.valid_until)
+                         pinset.unpinned, header, pinset.serial, pinset.valid_until,
+                         pinset.report_uri, pinset.report_dedupe)
 
 
 def _valid_until_text(when: datetime) -> str:
