@@ -24,7 +24,10 @@ from typing import Any, cast
 
 from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy.addonmanager import Loader, traverse
+from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events, layer, layers
+from mitmproxy.proxy.layers.http import HttpErrorHook  # type: ignore[attr-defined]  # (no __all__)
+from mitmproxy.proxy.layers.tls import TlsFailedServerHook
 from mitmproxy.proxy.mode_specs import ProxyMode, RegularMode
 from OpenSSL import SSL, crypto
 
@@ -327,6 +330,7 @@ class Pinning:
             if nextlayer.layer is None:
                 ctx.master.addons.get("nextlayer").next_layer(nextlayer)
             if not isinstance(nextlayer.layer, layers.TCPLayer | layers.UDPLayer):
+                _explain_absolute_form_refusals(nextlayer, self._refusal)
                 return
             context = nextlayer.context
             refusal = self._refusal(context.client, context.server)
@@ -471,7 +475,12 @@ def _refuse_request(flow: http.HTTPFlow, decision: Decision) -> None:
     """Answer in place of the server. A streamed request body cannot coexist with a response
     set in `requestheaders` (mitmproxy raises), so the body is read and dropped instead."""
     flow.request.stream = False
-    flow.response = http.Response.make(refusal_status(decision), refusal_page(decision), {
+    flow.response = _refusal_response(decision)
+
+
+def _refusal_response(decision: Decision) -> http.Response:
+    """pinproxy's answer to a refused request: the page and the reason as a header."""
+    return http.Response.make(refusal_status(decision), refusal_page(decision), {
         "Content-Type": "text/plain; charset=utf-8",
         "X-Pinproxy-Reason": decision.reason.value,
     })
@@ -493,3 +502,86 @@ class _CloseClient(layer.Layer):
         if isinstance(event, events.Start):
             yield commands.CloseConnection(self.context.client)
 
+
+
+# -- absolute-form requests: pinproxy's page in place of mitmproxy's generic one -----------------
+
+_REGULAR = layers.http.HTTPMode.regular  # the forward proxy's own HTTP layer, not a tunnel's
+
+def _explain_absolute_form_refusals(
+        nextlayer: layer.NextLayer,
+        refusal: Callable[[connection.Client, connection.Server], Decision | None]) -> None:
+    """Put `_RefusalPages` over the regular-mode `HttpLayer` mitmproxy chose for a client
+    connection (directly, or under the TLS layer of a client that speaks TLS to the proxy)."""
+    parent: layer.Layer | None = None
+    current: layer.Layer | None = nextlayer.layer
+    while current is not None and not isinstance(current, layers.HttpLayer):
+        parent, current = current, getattr(current, "child_layer", None)
+    if not isinstance(current, layers.HttpLayer) or current.mode is not _REGULAR:
+        return
+    pages = _RefusalPages(current, refusal)
+    if parent is None:
+        nextlayer.layer = pages
+    else:
+        parent.child_layer = pages  # type: ignore[attr-defined]
+
+
+class _RefusalPages(layer.Layer):
+    """Answers an absolute-form request (`GET https://host/` without CONNECT) whose upstream
+    handshake pinproxy refused with pinproxy's page instead of mitmproxy's.
+
+    mitmproxy connects for such a request only after the request hooks ran, so no hook can
+    answer it once the check failed: the stream turns the handshake's error string into its
+    own 502 page ("Certificate verify failed: ...", written by the HTTP/1 server connection),
+    and the `error` hook that comes first cannot change that answer. This layer sits between
+    the `HttpLayer` and the connection, sees the commands going out, and replaces that page
+    (the first 502 sent to the client after the `error` hook of a flow whose connection
+    failed pinproxy's check) with pinproxy's. It decides nothing and logs nothing: the
+    refusal was decided, logged, counted and reported by the handshake's verdict.
+    Like `NextLayer` it stays out of `context.layers`, so mitmproxy's layer matching is
+    unchanged.
+    """
+
+    def __init__(self, child: layer.Layer,
+                 refusal: Callable[[connection.Client, connection.Server], Decision | None],
+                 ) -> None:
+        super().__init__(child.context)
+        self.context.layers.remove(self)
+        self.child_layer = child
+        self._refusal = refusal
+        self._failed: connection.Server | None = None  # the last server whose TLS failed
+        self._page: bytes | None = None  # what replaces mitmproxy's next 502 to the client
+
+    def handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        # Passed through untouched, events and replies alike: this layer never blocks.
+        for command in self.child_layer.handle_event(event):
+            yield self._pass(command)
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        yield from self.handle_event(event)  # pragma: no cover - handle_event is overridden
+
+    def _pass(self, command: commands.Command) -> commands.Command:
+        if isinstance(command, TlsFailedServerHook):
+            self._failed = cast(connection.Server, command.data.conn)
+        elif isinstance(command, HttpErrorHook):
+            self._page = self._refusal_page(command.flow)
+        elif (isinstance(command, commands.SendData) and self._page is not None
+              and command.connection is self.context.client):
+            page, self._page = self._page, None
+            if command.data.startswith(b"HTTP/1.1 502 "):  # mitmproxy's page, as expected
+                return commands.SendData(command.connection, page)
+        return command
+
+    def _refusal_page(self, flow: http.HTTPFlow) -> bytes | None:
+        """pinproxy's page, if the flow failed because pinproxy refused its upstream."""
+        server, self._failed = self._failed, None
+        if server is None or flow.error is None or server.error != flow.error.msg:
+            return None
+        decision = self._refusal(self.context.client, server)
+        if decision is None:
+            return None
+        response = _refusal_response(decision)
+        response.headers["Connection"] = "close"  # mitmproxy closes the connection after it
+        if flow.request.method.upper() == "HEAD":
+            return bytes(http1.assemble_response_head(response))
+        return bytes(http1.assemble_response(response))
