@@ -37,13 +37,16 @@ from pinproxy.policy import Action, Decision, Reason
 
 __all__ = [
     "NO_RULE",
+    "TIMEOUT_KINDS",
     "exposition",
     "record_client_connected",
     "record_client_disconnected",
+    "record_connection_rejected",
     "record_decision",
     "record_load_failed",
     "record_loaded",
     "record_report_write_error",
+    "record_timeout",
     "record_upstream_leaf",
     "rule_label",
 ]
@@ -77,8 +80,16 @@ CLIENT_CONNECTIONS = Gauge("pinproxy_client_connections", "Open client connectio
                            multiprocess_mode="livesum")
 REPORT_WRITE_ERRORS = Counter("pinproxy_report_write_errors",
                               "Violation records the report log could not write.")
+TIMEOUTS = Counter("pinproxy_timeouts", "Connections closed or refused by a deadline, by kind "
+                   "(client-idle|request-head|refused-tunnel|upstream).", ["kind"])
+CONNECTIONS_REJECTED = Counter("pinproxy_connections_rejected",
+                               "Client connections refused because --max-connections were open.")
+
+# The `kind` label of TIMEOUTS: a fixed set, so a label never comes from input.
+TIMEOUT_KINDS = ("client-idle", "request-head", "refused-tunnel", "upstream")
 
 _CHECKS = {(a, r): CHECKS.labels(a.value, r.value) for a in Action for r in Reason}
+_TIMEOUTS = {kind: TIMEOUTS.labels(kind) for kind in TIMEOUT_KINDS}
 _LOADS_OK = PINSET_LOADS.labels("ok")
 _LOADS_FAILED = PINSET_LOADS.labels("failed")
 _expiring: set[str] = set()  # rule labels with a RULE_EXPIRY series
@@ -134,6 +145,15 @@ def record_client_disconnected() -> None:
 
 def record_report_write_error() -> None:
     REPORT_WRITE_ERRORS.inc()
+
+
+def record_timeout(kind: str) -> None:
+    """One connection ended by the deadline `kind`, one of TIMEOUT_KINDS (KeyError otherwise)."""
+    _TIMEOUTS[kind].inc()
+
+
+def record_connection_rejected() -> None:
+    CONNECTIONS_REJECTED.inc()
 
 
 def exposition() -> tuple[bytes, str]:
