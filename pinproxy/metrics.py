@@ -37,9 +37,11 @@ from pinproxy.policy import Action, Decision, Reason
 
 __all__ = [
     "NO_RULE",
+    "TIMEOUT_KINDS",
     "exposition",
     "record_client_connected",
     "record_client_disconnected",
+    "record_connection_rejected",
     "record_decision",
     "record_fetch",
     "record_load_failed",
@@ -50,6 +52,7 @@ __all__ = [
     "record_signed_pinset",
     "record_stale",
     "record_stale_connection",
+    "record_timeout",
     "record_upstream_leaf",
     "rule_label",
 ]
@@ -108,8 +111,16 @@ REPORTS = Counter(
     "pinproxy_reports", "Violation reports for a report_uri collector, by result: sent, failed "
     "(refused, or still failing after the retries), dropped (the queue was full), deduplicated "
     "(the same violation was reported within report_dedupe).", ["result"])
+TIMEOUTS = Counter("pinproxy_timeouts", "Connections closed or refused by a deadline, by kind "
+                   "(client-idle|request-head|refused-tunnel|upstream).", ["kind"])
+CONNECTIONS_REJECTED = Counter("pinproxy_connections_rejected",
+                               "Client connections refused because --max-connections were open.")
+
+# The `kind` label of TIMEOUTS: a fixed set, so a label never comes from input.
+TIMEOUT_KINDS = ("client-idle", "request-head", "refused-tunnel", "upstream")
 
 _CHECKS = {(a, r): CHECKS.labels(a.value, r.value) for a in Action for r in Reason}
+_TIMEOUTS = {kind: TIMEOUTS.labels(kind) for kind in TIMEOUT_KINDS}
 _LOADS_OK = PINSET_LOADS.labels("ok")
 _LOADS_FAILED = PINSET_LOADS.labels("failed")
 _expiring: set[str] = set()  # rule labels with a RULE_EXPIRY series
@@ -201,6 +212,13 @@ _REPORTS = {result: REPORTS.labels(result)
 
 def record_report(result: str) -> None:
     _REPORTS[result].inc()
+def record_timeout(kind: str) -> None:
+    """One connection ended by the deadline `kind`, one of TIMEOUT_KINDS (KeyError otherwise)."""
+    _TIMEOUTS[kind].inc()
+
+
+def record_connection_rejected() -> None:
+    CONNECTIONS_REJECTED.inc()
 
 
 def exposition() -> tuple[bytes, str]:

@@ -59,6 +59,7 @@ class Reason(StrEnum):
     CHAIN_NOT_VERIFIED = "chain-not-verified"
     INVALID_HOST = "invalid-host"
     INTERNAL_ERROR = "internal-error"
+    UPSTREAM_TIMEOUT = "upstream-timeout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +140,13 @@ def refuse_unchecked(host: str) -> Decision:
     """A handshake that completed without reaching the pin check (e.g. a resumed session)."""
     return Decision(Action.BLOCK, Reason.INTERNAL_ERROR, host, None,
                     detail="the upstream handshake completed without a pin check")
+
+
+def refuse_timed_out(host: str, seconds: float) -> Decision:
+    """The upstream did not accept TCP or finish its TLS handshake in time: a handshake without
+    a verdict never proceeds, so the connection is refused (fail closed)."""
+    return Decision(Action.BLOCK, Reason.UPSTREAM_TIMEOUT, host, None,
+                    detail=f"no upstream connection and TLS handshake within {seconds:g} s")
 
 
 def decide_request(pinset: Pinset | None, scheme: str, host: str, host_header: str | None,

@@ -40,6 +40,8 @@ _EXPLANATIONS = {
     Reason.CHAIN_NOT_VERIFIED: "the server's certificate chain did not verify",
     Reason.INVALID_HOST: "the host name is not valid",
     Reason.INTERNAL_ERROR: "the pin check failed with an error, so the connection was denied",
+    Reason.UPSTREAM_TIMEOUT: "the upstream did not complete its connection and TLS handshake"
+    " in time",
     Reason.PIN_MATCHED: "a pinned key is in the verified chain",
 }
 

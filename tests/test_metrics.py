@@ -98,6 +98,26 @@ def test_connections_failures_and_leaf_expiry_are_recorded() -> None:
         LOADED.timestamp())
 
 
+@pytest.mark.parametrize("kind", metrics.TIMEOUT_KINDS)
+def test_a_timeout_is_counted_by_its_kind_only(kind: str) -> None:
+    before = {k: sample("pinproxy_timeouts_total", kind=k) for k in metrics.TIMEOUT_KINDS}
+    metrics.record_timeout(kind)
+    after = {k: sample("pinproxy_timeouts_total", kind=k) for k in metrics.TIMEOUT_KINDS}
+    assert after == {k: v + (k == kind) for k, v in before.items()}
+
+
+def test_an_unknown_timeout_kind_is_no_label() -> None:
+    with pytest.raises(KeyError):
+        metrics.record_timeout("client-sent-a-label")
+    assert sample("pinproxy_timeouts_total", kind="client-sent-a-label") == 0.0
+
+
+def test_a_rejected_connection_is_counted() -> None:
+    rejected = sample("pinproxy_connections_rejected_total")
+    metrics.record_connection_rejected()
+    assert sample("pinproxy_connections_rejected_total") == rejected + 1
+
+
 def test_current_pinset_tells_of_failures_and_keeps_the_file_digest(tmp_path: Path) -> None:
     path = tmp_path / "pins.yaml"
     path.write_text("version: 1\nhosts: []\n")

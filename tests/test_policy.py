@@ -27,6 +27,7 @@ from pinproxy.policy import (
     no_pinset,
     refusal_status,
     refuse_on_error,
+    refuse_timed_out,
     refuse_unchecked,
     refuse_unverified,
 )
@@ -344,6 +345,17 @@ def test_refuse_unchecked_denies_a_handshake_without_a_verdict() -> None:
     assert (decision.action, decision.reason, decision.host) == (Action.BLOCK,
                                                                  Reason.INTERNAL_ERROR, HOST)
     assert decision.detail == "the upstream handshake completed without a pin check"
+
+
+@pytest.mark.parametrize(("seconds", "shown"), [(10.0, "10 s"), (0.5, "0.5 s"), (1.25, "1.25 s")])
+def test_refuse_timed_out_denies_an_upstream_without_a_verdict(seconds: float,
+                                                                shown: str) -> None:
+    decision = refuse_timed_out(HOST, seconds)
+    assert (decision.action, decision.reason, decision.host, decision.rule, decision.chain) == (
+        Action.BLOCK, Reason.UPSTREAM_TIMEOUT, HOST, None, ())
+    assert not decision.proceeds
+    assert decision.detail == f"no upstream connection and TLS handshake within {shown}"
+    assert refusal_status(decision) == 502
 
 
 # -- a request on a connection that passed (or had no) check --------------------------------
