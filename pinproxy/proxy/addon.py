@@ -271,6 +271,7 @@ class Pinning:
         on the event loop thread, right after the install: no request is handled in between.
         """
         today = _today()
+        announced: set[str] = set()  # clients whose refusal is logged (once, not per server)
         for server, verified in list(self._checked.items()):
             if verified.client.state is ConnectionState.CLOSED:
                 continue  # its client is gone: nothing left to refuse
@@ -287,7 +288,9 @@ class Pinning:
                              "closing it", e)
                 decision = refuse_on_error(verified.names[0] if verified.names else "", e)
             try:
-                self._revoke(server, verified, decision)
+                self._revoke(server, verified, decision, announce=verified.client.id not in
+                             announced)
+                announced.add(verified.client.id)
             except Exception:  # the refusal is recorded first: its next request is refused
                 logger.exception("pinproxy could not close a connection refused after the reload")
 
@@ -300,14 +303,19 @@ class Pinning:
             _log_decision(decision, verified.port)
             self._write_report(decision, verified.port, list)
 
-    def _revoke(self, server: connection.Server, verified: _Verified,
-                decision: Decision) -> None:
+    def _revoke(self, server: connection.Server, verified: _Verified, decision: Decision,
+                announce: bool = True) -> None:
         """Refuse a connection that no longer passes, like a refused handshake: the refusal
         is recorded first, so the next request of the client's tunnel (HTTP/1 keep-alive, a
         new HTTP/2 stream) is answered with the refusal page; then the server connection is
-        closed (mitmproxy then ends a raw TCP/TLS tunnel, client side included)."""
-        self._refuse(verified.client, server, decision)
-        self._write_report(decision, verified.port, list)
+        closed (mitmproxy then ends a raw TCP/TLS tunnel, client side included).
+
+        A tunnel whose server connection mitmproxy re-opened has two checked ones: the first
+        (closed; its requests' flows still name it) and the open one. Both are refused, and
+        `announce` logs, reports and counts the refusal once per client."""
+        self._refuse(verified.client, server, decision, log=announce)
+        if announce:
+            self._write_report(decision, verified.port, list)
         proxyserver = ctx.master.addons.get("proxyserver")
         if proxyserver is None:
             raise RuntimeError("mitmproxy's proxyserver addon is not loaded")
