@@ -13,14 +13,17 @@ from typing import cast
 
 import pytest
 from mitmproxy import connection, exceptions, tls
+from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy.context import Context
 from mitmproxy.test import taddons, tflow
 from OpenSSL import SSL, crypto
+from prometheus_client import REGISTRY
 
 from pinproxy.loader import load_pinset
 from pinproxy.pins import certificate_pins
 from pinproxy.pinset import Pinset
 from pinproxy.proxy.addon import Pinning, _HandshakeCheck
+from pinproxy.reloading import CurrentPinset
 from tests import certs
 
 OTHER_PIN = "sha256/" + "A" * 43 + "="
@@ -250,3 +253,144 @@ def test_a_bad_file_in_a_background_reload_keeps_the_old_pinset(
         assert addon.pinset is loaded
     assert f"pinproxy pinset reload failed: {path}:3: not valid YAML" in caplog.text
     assert caplog.text.rstrip().endswith("the previous pinset stays in force")
+
+
+# -- revocation: open connections decided again after a reload ---------------------------------
+
+def checked_connection(addon: Pinning, tctx: taddons.context,
+                       chain: tuple[bytes, ...] | None = None) -> tls.TlsData:
+    """A server connection whose handshake passed the check (root, then leaf), left open."""
+    pki = certs.pki()
+    data = tls_data(tctx)
+    check = _HandshakeCheck(addon, data, ["api.example"])
+    conn = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD))
+    root, leaf = chain or (pki.root_pem, pki.leaf_pem)
+    assert check(conn, x509(root), 0, 1, 1)
+    assert check(conn, x509(leaf), 0, 0, 1)
+    data.context.client.state = data.conn.state = connection.ConnectionState.OPEN
+    return data
+
+
+def samples(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_a_reload_that_revokes_the_pin_refuses_the_open_connection(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    addon = Pinning()
+    path = pinset_file(tmp_path, root_pin())
+    with taddons.context(addon, Proxyserver()) as tctx:
+        tctx.configure(addon, pinset=str(path))
+        data = checked_connection(addon, tctx)
+        assert addon._refusal(data.context.client, server_of(data)) is None
+        blocked = samples("pinproxy_checks_total", action="blocked", reason="pin-mismatch")
+        pinset_file(tmp_path, OTHER_PIN)
+        asyncio.run(addon.reload_in_background())
+
+        refusal = addon._refusal(data.context.client, server_of(data))
+        assert refusal is not None and refusal.reason == "pin-mismatch"
+        assert refusal.detail == "re-checked after a pinset reload"
+        assert data.conn not in addon._checked
+        assert samples("pinproxy_checks_total", action="blocked",
+                       reason="pin-mismatch") == blocked + 1
+        flow = tflow.tflow()  # the next request of the client's tunnel
+        flow.client_conn, flow.server_conn = data.context.client, server_of(data)
+        addon.requestheaders(flow)
+        assert flow.response is not None and flow.response.status_code == 502
+    assert caplog.text.count("re-checked after a pinset reload") == 1
+
+
+def test_a_reload_that_keeps_the_pin_leaves_the_connection_alone(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    addon = Pinning()
+    path = pinset_file(tmp_path, root_pin())
+    with taddons.context(addon, Proxyserver()) as tctx:
+        tctx.configure(addon, pinset=str(path))
+        data = checked_connection(addon, tctx)
+        another_rule = f"  - host: other.example\n    pins: [\"{OTHER_PIN}\"]\n"
+        path.write_text(path.read_text() + another_rule)
+        addon.reload()
+        assert addon._refusal(data.context.client, server_of(data)) is None
+        assert data.conn in addon._checked
+    assert "re-checked" not in caplog.text
+
+
+def test_a_reload_through_an_option_change_rechecks_too(tmp_path: Path) -> None:
+    addon = Pinning()
+    with taddons.context(addon, Proxyserver()) as tctx:
+        tctx.configure(addon, pinset=str(pinset_file(tmp_path, root_pin())))
+        data = checked_connection(addon, tctx)
+        other = tmp_path / "other"
+        other.mkdir()
+        tctx.configure(addon, pinset=str(pinset_file(other, OTHER_PIN)))
+        refusal = addon._refusal(data.context.client, server_of(data))
+        assert refusal is not None and refusal.reason == "pin-mismatch"
+
+
+def test_report_mode_keeps_the_connection_and_reports_it_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    addon = Pinning()
+    path = pinset_file(tmp_path, root_pin())
+    with taddons.context(addon, Proxyserver()) as tctx:
+        tctx.configure(addon, pinset=str(path),
+                       pinset_report_log=str(tmp_path / "violations.jsonl"))
+        data = checked_connection(addon, tctx)
+        reported = path.read_text().replace("version: 1\n", "version: 1\nmode: report\n")
+        path.write_text(reported.replace(root_pin(), OTHER_PIN))
+        addon.reload()
+        path.write_text(path.read_text() + "# the same verdict again\n")
+        addon.reload()
+        assert addon._refusal(data.context.client, server_of(data)) is None
+        assert data.conn in addon._checked
+    records = (tmp_path / "violations.jsonl").read_text().splitlines()
+    assert len(records) == 1 and '"action":"reported"' in records[0]
+    assert caplog.text.count("action=reported") == 1
+
+
+def test_an_error_in_the_recheck_refuses_that_connection(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    addon = Pinning()
+    path = pinset_file(tmp_path, root_pin())
+    with taddons.context(addon, Proxyserver()) as tctx:
+        tctx.configure(addon, pinset=str(path))
+        data = checked_connection(addon, tctx)
+
+        class BrokenPinset(Pinset):
+            def candidates(self, host: str):  # type: ignore[no-untyped-def]
+                raise RuntimeError("boom")
+
+        addon.pinsets = CurrentPinset(
+            lambda p: BrokenPinset(load_pinset(p).rules, p), on_install=addon._installed)
+        addon.reload()
+        refusal = addon._refusal(data.context.client, server_of(data))
+        assert refusal is not None
+        assert refusal.reason == "internal-error" and "boom" in refusal.detail
+    assert "could not re-check a connection after the reload: boom; closing it" in caplog.text
+
+
+def test_a_failed_close_still_refuses_the_next_request(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    addon = Pinning()
+    with taddons.context(addon) as tctx:  # no proxyserver addon: nothing can be closed
+        tctx.configure(addon, pinset=str(pinset_file(tmp_path, root_pin())))
+        data = checked_connection(addon, tctx)
+        other = tmp_path / "other"
+        other.mkdir()
+        tctx.configure(addon, pinset=str(pinset_file(other, OTHER_PIN)))
+        refusal = addon._refusal(data.context.client, server_of(data))
+        assert refusal is not None and refusal.reason == "pin-mismatch"
+    assert "could not close a connection refused after the reload" in caplog.text
+
+
+def test_a_closed_client_is_not_rechecked(tmp_path: Path,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    addon = Pinning()
+    with taddons.context(addon, Proxyserver()) as tctx:
+        tctx.configure(addon, pinset=str(pinset_file(tmp_path, root_pin())))
+        data = checked_connection(addon, tctx)
+        data.context.client.state = connection.ConnectionState.CLOSED
+        other = tmp_path / "other"
+        other.mkdir()
+        tctx.configure(addon, pinset=str(pinset_file(other, OTHER_PIN)))
+        assert addon._refusal(data.context.client, server_of(data)) is None
+    assert "re-checked" not in caplog.text

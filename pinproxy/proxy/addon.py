@@ -18,12 +18,14 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
 from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy.addonmanager import Loader, traverse
+from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events, layer, layers
 from mitmproxy.proxy.layers.http import HttpErrorHook  # type: ignore[attr-defined]  # (no __all__)
@@ -48,6 +50,7 @@ from pinproxy.policy import (
     refuse_unchecked,
     refuse_unverified,
 )
+from pinproxy.proxy._mitmproxy_private import close_connection
 from pinproxy.proxy._openssl import verify_error_text, x509_pins
 from pinproxy.proxy.collector import CollectorTransport
 from pinproxy.reloading import CurrentPinset
@@ -103,8 +106,9 @@ class Pinning:
         # the failed server connection is already closed when the client's request arrives.
         self._refusals: weakref.WeakKeyDictionary[connection.Client, dict[str, Decision]] = (
             weakref.WeakKeyDictionary())
-        # server connections whose handshake reached our verdict
-        self._checked: weakref.WeakSet[connection.Server] = weakref.WeakSet()
+        # server connections whose handshake passed our check -> what deciding again needs
+        self._checked: weakref.WeakKeyDictionary[connection.Server, _Verified] = (
+            weakref.WeakKeyDictionary())
 
     def _installed(self, pinset: Pinset) -> None:
         self._expiry_noted.clear()
@@ -114,6 +118,7 @@ class Pinning:
         self.readiness.pinset_loaded = True
         if (nothing := protects_nothing(pinset, _today())) is not None:
             logger.warning("pinproxy: %s", nothing)
+        self._recheck_open_connections(pinset)
 
     @property
     def pinset(self) -> Pinset | None:
@@ -245,10 +250,11 @@ class Pinning:
             self._refuse(data.context.client, server, refuse_unchecked(server.sni or ""))
 
     def on_verdict(self, data: tls.TlsData, decision: Decision,
-                   served: Callable[[], list[CertificatePins]]) -> None:
-        """Called by the verify callback with the decision for one handshake."""
+                   served: Callable[[], list[CertificatePins]], names: Sequence[str]) -> None:
+        """Called by the verify callback with the decision for one handshake of `names`."""
         server = cast(connection.Server, data.conn)
         port = server.address[1] if server.address else None
+        verified = _Verified(data.context.client, tuple(names), port, decision)
         metrics.record_decision(decision)
         for rule in decision.expired:
             if rule.location not in self._expiry_noted:
@@ -256,19 +262,19 @@ class Pinning:
                 logger.warning("pinproxy rule for %s at %s expired on %s and is not enforced",
                                rule.host, rule.location, rule.expires)
         if decision.action is Action.ALLOW:
-            self._checked.add(server)
+            self._checked[server] = verified
             _log_decision(decision, port)
             return
         _log_decision(decision, port)
         self._write_report(decision, port, served)
         if decision.proceeds:
-            self._checked.add(server)
+            self._checked[server] = verified
         else:
             self._refuse(data.context.client, server, decision, log=False)
 
     def _refuse(self, client: connection.Client, server: connection.Server,
                 decision: Decision, log: bool = True) -> None:
-        self._checked.discard(server)
+        self._checked.pop(server, None)
         self._refusals.setdefault(client, {})[server.id] = decision
         if log:  # a refusal not decided by the verify callback: count it here
             metrics.record_decision(decision)
@@ -293,6 +299,67 @@ class Pinning:
             metrics.record_report_write_error()
             logger.error("pinproxy could not write a record to report log %s: %s; the next record"
                          " tries again", quote(str(self._report_log.path)), e.strerror or e)
+
+    # -- revocation: open connections decided again after a reload -------------------------
+
+    def _recheck_open_connections(self, pinset: Pinset) -> None:
+        """Decide every open checked connection again, against the pinset just installed.
+
+        A verdict given at the handshake would otherwise hold for the connection's life
+        (keep-alive, HTTP/2, tunnels), so removing a compromised pin would not reach it. Runs
+        on the event loop thread, right after the install: no request is handled in between.
+        """
+        today = _today()
+        announced: set[str] = set()  # clients whose refusal is logged (once, not per server)
+        for server, verified in list(self._checked.items()):
+            if verified.client.state is ConnectionState.CLOSED:
+                continue  # its client is gone: nothing left to refuse
+            try:
+                decision = decide_handshake(pinset, verified.names, verified.decision.chain,
+                                            today)
+                decision = replace(decision, detail="; ".join(
+                    d for d in (_RECHECKED, decision.detail) if d))
+                if decision.proceeds:
+                    self._kept(server, verified, decision)
+                    continue
+            except Exception as e:  # noqa: BLE001 - deny-on-error guard: no decision, no connection
+                logger.error("pinproxy could not re-check a connection after the reload: %s; "
+                             "closing it", e)
+                decision = refuse_on_error(verified.names[0] if verified.names else "", e)
+            try:
+                self._revoke(server, verified, decision, announce=verified.client.id not in
+                             announced)
+                announced.add(verified.client.id)
+            except Exception:  # the refusal is recorded first: its next request is refused
+                logger.exception("pinproxy could not close a connection refused after the reload")
+
+    def _kept(self, server: connection.Server, verified: _Verified, decision: Decision) -> None:
+        """A connection that still passes keeps flowing; a violation that report mode lets
+        through is logged and reported once, not at every reload."""
+        self._checked[server] = replace(verified, decision=decision)
+        if decision.is_violation and not _same_verdict(decision, verified.decision):
+            metrics.record_decision(decision)
+            _log_decision(decision, verified.port)
+            self._write_report(decision, verified.port, list)
+
+    def _revoke(self, server: connection.Server, verified: _Verified, decision: Decision,
+                announce: bool = True) -> None:
+        """Refuse a connection that no longer passes, like a refused handshake: the refusal
+        is recorded first, so the next request of the client's tunnel (HTTP/1 keep-alive, a
+        new HTTP/2 stream) is answered with the refusal page; then the server connection is
+        closed (mitmproxy then ends a raw TCP/TLS tunnel, client side included).
+
+        A tunnel whose server connection mitmproxy re-opened has two checked ones: the first
+        (closed; its requests' flows still name it) and the open one. Both are refused, and
+        `announce` logs, reports and counts the refusal once per client."""
+        self._refuse(verified.client, server, decision, log=announce)
+        if announce:
+            self._write_report(decision, verified.port, list)
+        proxyserver = ctx.master.addons.get("proxyserver")
+        if proxyserver is None:
+            raise RuntimeError("mitmproxy's proxyserver addon is not loaded")
+        close_connection(proxyserver, verified.client, server,
+                         "pin check failed after a pinset reload")
 
     # -- what bypasses the handshake -------------------------------------------------------
 
@@ -391,6 +458,25 @@ def _require_active_pinning() -> None:
         raise SystemExit(1)  # stop serving now, and tell the supervisor it failed
 
 
+_RECHECKED = "re-checked after a pinset reload"
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """What deciding a checked connection again needs, kept while its server connection lives:
+    the client (to refuse and close), the names and verified chain of the handshake (in
+    `decision.chain`), and the verdict in force."""
+
+    client: connection.Client
+    names: tuple[str, ...]
+    port: int | None
+    decision: Decision
+
+
+def _same_verdict(a: Decision, b: Decision) -> bool:
+    return (a.action, a.reason, a.host, a.rule) == (b.action, b.reason, b.host, b.rule)
+
+
 class _HandshakeCheck:
     """OpenSSL's verify callback for one upstream handshake.
 
@@ -437,7 +523,7 @@ class _HandshakeCheck:
         return [self.chain[depth] for depth in sorted(self.chain)]
 
     def _verdict(self, conn: SSL.Connection, decision: Decision) -> None:
-        self.addon.on_verdict(self.data, decision, lambda: _served_chain(conn))
+        self.addon.on_verdict(self.data, decision, lambda: _served_chain(conn), self.names)
 
 
 def _served_chain(conn: SSL.Connection) -> list[CertificatePins]:
