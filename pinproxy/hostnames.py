@@ -26,7 +26,11 @@ _NAME = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}")
 
 @lru_cache(maxsize=65536)
 def normalize_host(name: str) -> str:
-    """`_canonical_host`, cached: the proxy normalises the same few names on every connection."""
+    """`_canonical_host`, cached: the proxy normalises the same few names on every connection.
+
+    The body stays a plain function: mutmut does not mutate decorated ones, and the tests clear
+    this cache between tests (tests/conftest.py) so each one really runs the canonicalisation.
+    """
     return _canonical_host(name)
 
 

@@ -10,6 +10,8 @@ from typing import Protocol
 import pytest
 import trustme
 
+from pinproxy.hostnames import normalize_host
+from pinproxy.pins import certificate_pins
 from tests import certs, upstream
 
 # Names the test certificates are valid for. They do not resolve: clients reach them through
@@ -28,6 +30,15 @@ NAMES = (
     "127.0.0.1",
     "127.0.0.2",
 )
+
+
+@pytest.fixture(autouse=True)
+def _empty_caches() -> None:
+    """Each test starts with the pure core's caches empty, so it runs the cached function's body
+    whatever earlier tests asked: under mutation testing (docs/testing.md) a warm cache would
+    hide a mutated body, and mutmut would not map the test to the function it exercises."""
+    normalize_host.cache_clear()
+    certificate_pins.cache_clear()
 
 
 @pytest.fixture(scope="session")

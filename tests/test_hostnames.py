@@ -9,12 +9,20 @@ from __future__ import annotations
 import pytest
 
 from pinproxy.errors import HostnameError
-from pinproxy.hostnames import is_ip_literal, normalize_host, parent_domains
+from pinproxy.hostnames import is_ip_literal, normalize_host, parent_domains, parse_host_pattern
 
 LABEL_63 = "a" * 63
 LABEL_64 = "a" * 64
 NAME_253 = ".".join(["a" * 49] * 5) + ".abc"  # 5 * 50 + 3 = 253 characters
 assert len(NAME_253) == 253
+
+
+def _id(value: object) -> str:
+    """A quoted test id in printable ASCII without backslashes: pytest escapes any other id, and
+    mutmut, which hands node ids back to pytest, then finds no such test."""
+    text = "".join(c if c.isascii() and c.isprintable() and c != "\\" else f"U+{ord(c):04X}"
+                   for c in str(value))
+    return f"'{text}'"
 
 
 @pytest.mark.parametrize(("name", "canonical"), [
@@ -46,7 +54,7 @@ assert len(NAME_253) == 253
     ("2001:DB8:0:0:0:0:0:1", "2001:db8::1"),
     ("[2001:db8::0:1]", "2001:db8::1"),
     ("2001:0db8:0000:0000:0000:0000:0000:0001", "2001:db8::1"),
-], ids=repr)
+], ids=_id)
 def test_normalize_host(name: str, canonical: str) -> None:
     assert normalize_host(name) == canonical
     assert normalize_host(canonical) == canonical  # idempotent
@@ -74,7 +82,7 @@ def test_normalize_host(name: str, canonical: str) -> None:
     "2001:db8::1::2",
     "a\n.example",
     "exa\x00mple.com",
-], ids=repr)
+], ids=_id)
 def test_normalize_host_rejects_and_names_the_host(name: str) -> None:
     with pytest.raises(HostnameError) as e:
         normalize_host(name)
@@ -120,3 +128,52 @@ def test_normalize_host_refuses_ambiguous_addresses(raw: str) -> None:
     """Resolvers read 127.1 as 127.0.0.1: as a "name" it would dodge an IP rule."""
     with pytest.raises(HostnameError):
         normalize_host(raw)
+
+
+@pytest.mark.parametrize(("text", "include_subdomains", "pattern"), [
+    ("Example.COM.", False, "example.com"),
+    ("example.com", True, "example.com"),
+    ("*.Example.COM", False, "*.example.com"),
+    ("*.example.com", True, "*.example.com"),
+    ("*.bücher.example", False, "*.xn--bcher-kva.example"),
+    ("[::1]", False, "::1"),
+    ("10.0.0.1", False, "10.0.0.1"),  # an address takes an exact rule
+    ("1.0.0.1", False, "1.0.0.1"),
+    ("0.example", True, "0.example"),  # a name may start with a digit
+], ids=_id)
+def test_parse_host_pattern_normalises_names_wildcards_and_addresses(
+        text: str, include_subdomains: bool, pattern: str) -> None:
+    assert parse_host_pattern(text, include_subdomains) == pattern
+
+
+def test_parse_host_pattern_takes_an_address_without_include_subdomains_by_default() -> None:
+    assert parse_host_pattern("10.0.0.1") == "10.0.0.1"
+    assert parse_host_pattern("2001:db8::1") == "2001:db8::1"
+
+
+STAR = "'*' is allowed only as a whole leftmost label, as in '*.example.com'"
+ADDRESS = "is an IP address: it takes neither '*.' nor include_subdomains"
+
+
+@pytest.mark.parametrize(("text", "include_subdomains", "message"), [
+    ("*example.com", False, f"host '*example.com': {STAR}"),
+    ("a.*.example.com", False, f"host 'a.*.example.com': {STAR}"),
+    ("*.*.example.com", False, f"host '*.*.example.com': {STAR}"),
+    ("*", False, f"host '*': {STAR}"),
+    ("*.10.0.0.1", False, f"host '*.10.0.0.1' {ADDRESS}"),
+    ("*.::1", False, f"host '*.::1' {ADDRESS}"),
+    ("10.0.0.1", True, f"host '10.0.0.1' {ADDRESS}"),
+    ("[2001:db8::1]", True, f"host '[2001:db8::1]' {ADDRESS}"),
+    ("*.", False, "host '' is not a valid host name or IP address"),
+    ("exa mple.com", False, "host 'exa mple.com' is not a valid host name or IP address"),
+    ("127.1", False,
+     "host '127.1' is neither a DNS name nor an IP address in dotted-quad form"),
+    ("[example.com]", False, "host '[example.com]': only IPv6 addresses go in brackets"),
+    ("*.[10.0.0.1]", False, f"host '*.[10.0.0.1]' {ADDRESS}"),
+], ids=_id)
+def test_parse_host_pattern_refuses_and_says_why(
+        text: str, include_subdomains: bool, message: str) -> None:
+    """The pinset loader's host check: one line that quotes the host and says what is wrong."""
+    with pytest.raises(HostnameError) as e:
+        parse_host_pattern(text, include_subdomains)
+    assert str(e.value) == message

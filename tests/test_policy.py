@@ -497,6 +497,7 @@ def test_refusal_status(reason: Reason, status: int) -> None:
     ("api.example:8443", "api.example"),
     ("[::1]:443", "::1"),
     ("[::1]", "::1"),
+    ("[::1]]:443", "::1"),  # the host ends at the first "]": the rest is never part of it
     ("::1", ":"),  # an unbracketed IPv6 Host is malformed: its last group reads as a port
     ("api.example:", "api.example:"),  # no port digits: left for the name check to refuse
     (":443", ":443"),
