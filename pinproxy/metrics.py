@@ -42,6 +42,7 @@ __all__ = [
     "record_client_disconnected",
     "record_decision",
     "record_fetch",
+    "record_learned_hosts",
     "record_load_failed",
     "record_loaded",
     "record_proxy_auth_refused",
@@ -103,6 +104,10 @@ PINSET_WENT_STALE = Counter("pinproxy_pinset_went_stale",
                             "Times the signed pinset in force went stale.")
 STALE_CONNECTIONS = Counter("pinproxy_stale_pinset_connections",
                             "Upstream connections made while the signed pinset in force was stale.")
+HOSTS_LEARNED = Counter("pinproxy_hosts_learned",
+                        "Hosts learned on first use (trust on first use, --learn-file).")
+LEARNED_HOSTS = Gauge("pinproxy_learned_hosts", "Learned hosts in force (the learn file's hosts "
+                      "as this process last read or wrote it).", multiprocess_mode="mostrecent")
 
 _CHECKS = {(a, r): CHECKS.labels(a.value, r.value) for a in Action for r in Reason}
 _LOADS_OK = PINSET_LOADS.labels("ok")
@@ -165,6 +170,13 @@ def record_stale(stale: bool) -> None:
 
 def record_stale_connection() -> None:
     STALE_CONNECTIONS.inc()
+
+
+def record_learned_hosts(count: int, learned_one: bool = False) -> None:
+    """The learned hosts in force, and whether this change learned a new one."""
+    if learned_one:
+        HOSTS_LEARNED.inc()
+    LEARNED_HOSTS.set(count)
 
 
 def record_load_failed() -> None:

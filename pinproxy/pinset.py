@@ -30,6 +30,7 @@ class Unpinned(StrEnum):
 
     ALLOW = "allow"
     BLOCK = "block"
+    LEARN = "learn"  # trust on first use, for every host (pinproxy.learned)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +54,9 @@ class HostRule:
 
     `host` is normalised; a wildcard is spelled `*.example.com`. `pins` are distinct, in the
     order written (a tuple: a 100 000-rule pinset would spend 16 MB more on frozensets).
-    `expires` is the last day (UTC) on which the rule is enforced.
+    `expires` is the last day (UTC) on which the rule is enforced. A `learn` rule (`mode:
+    learn`, trust on first use) has no pins: each host it covers is enforced against the pins
+    learned from its first verified chain (`pinproxy.learned`); its `mode` is ENFORCE.
     """
 
     host: str
@@ -62,6 +65,7 @@ class HostRule:
     include_subdomains: bool = False
     mode: Mode = Mode.ENFORCE
     expires: date | None = None
+    learn: bool = False
 
     @property
     def is_wildcard(self) -> bool:

@@ -35,6 +35,7 @@ class RuleText:
     expires: date | None = None
     mode: Mode | None = None  # None: the pinset's mode
     notes: tuple[str, ...] = field(default=())  # comment lines written above the rule
+    learn: bool = False  # `mode: learn`: no pins written
 
 
 def rule_text(rule: HostRule, default_mode: Mode = Mode.ENFORCE) -> RuleText:
@@ -44,7 +45,8 @@ def rule_text(rule: HostRule, default_mode: Mode = Mode.ENFORCE) -> RuleText:
         pins=tuple(PinLine(pin) for pin in rule.pins),
         include_subdomains=rule.include_subdomains,
         expires=rule.expires,
-        mode=rule.mode if rule.mode is not default_mode else None,
+        mode=rule.mode if rule.mode is not default_mode and not rule.learn else None,
+        learn=rule.learn,
     )
 
 
@@ -56,10 +58,14 @@ def render_rules(rules: Iterable[RuleText], indent: str = "  ") -> str:
         out.append(f"{indent}- host: {_quoted(rule.host)}")
         if rule.include_subdomains:
             out.append(f"{indent}  include_subdomains: true")
-        if rule.mode is not None:
+        if rule.learn:
+            out.append(f"{indent}  mode: learn")
+        elif rule.mode is not None:
             out.append(f"{indent}  mode: {rule.mode.value}")
         if rule.expires is not None:
             out.append(f"{indent}  expires: {rule.expires.isoformat()}")
+        if rule.learn:
+            continue
         out.append(f"{indent}  pins:")
         for line in rule.pins:
             comment = f"  # {printable(line.comment)}" if line.comment else ""
