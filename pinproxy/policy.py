@@ -260,14 +260,16 @@ def _decide_learned(host: str, rule: HostRule | None, chain: tuple[CertificatePi
                     learned: Learned, expired: tuple[HostRule, ...]) -> Decision:
     """Trust on first use: a learned host is enforced against its learned SPKI pins; a new one
     is let through to be learned (`FIRST_USE`), or refused once the learn file is full."""
-    pins = learned.pins(host)
-    if pins is not None:
+    entry = learned.hosts.get(host)
+    if entry is not None:
+        pins = entry.pins
         for cert in chain:
             if cert.spki in pins:
                 return Decision(Action.ALLOW, Reason.PIN_MATCHED, host, rule, chain, cert.spki,
                                 expired)
         return Decision(Action.BLOCK, Reason.PIN_MISMATCH, host, rule, chain, expired=expired,
-                        detail="the chain has none of the pins learned for this host")
+                        detail=f"learned on first use on {entry.learned_at.date()}: "
+                               f"{' '.join(str(pin) for pin in pins)}")
     if learned.full:
         return Decision(Action.BLOCK, Reason.LEARN_FULL, host, rule, chain, expired=expired,
                         detail="the learn file is full: forget or promote learned hosts")

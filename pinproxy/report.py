@@ -41,6 +41,8 @@ _EXPLANATIONS = {
     Reason.INVALID_HOST: "the host name is not valid",
     Reason.INTERNAL_ERROR: "the pin check failed with an error, so the connection was denied",
     Reason.PIN_MATCHED: "a pinned key is in the verified chain",
+    Reason.FIRST_USE: "first verified chain for a host that learns its pins: they are learned",
+    Reason.LEARN_FULL: "the learn file holds as many hosts as it may; a new host is not learned",
 }
 
 

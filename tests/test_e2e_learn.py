@@ -66,7 +66,9 @@ def test_learn_enforce_restart_forget_promote(tmp_path: Path, pki: TrustedPki, s
         line = learned_text(learn_file, "free.test")
         assert leaf_pin(good_leaf) in line and pki.intermediate_pin in line
         proxy.wait_for_output(r"pinproxy learned free\.test on first use: ")
-        assert_refused_untouched(proxy, serve(rogue_leaf), "free.test")
+        refused = curl(proxy, "free.test", serve(rogue_leaf).port)
+        assert "detail: learned on first use on " in refused.body
+        assert leaf_pin(good_leaf) in refused.body.split("verified chain (0 = leaf)")[0]
         # a wildcard learn rule learns each name for itself
         assert_allowed(proxy, rogue, "a.wild.pinned.test")
         assert_refused_untouched(proxy, serve(good_leaf), "a.wild.pinned.test")
