@@ -158,7 +158,7 @@ def pinset_summary(pinset: Pinset, path: str | None, sha256: str | None,
         "rules": [{
             "host": rule.host,
             "include_subdomains": rule.include_subdomains,
-            "mode": rule.mode.value,
+            "mode": "learn" if rule.learn else rule.mode.value,
             "pins": [str(pin) for pin in rule.pins],
             "expires": rule.expires.isoformat() if rule.expires is not None else None,
             "location": str(rule.location),

@@ -299,3 +299,28 @@ def test_pin_spelling_in_file_is_canonical(tmp_path: Path) -> None:
     path.write_text(f"A.Example. 2026-01-01T00:00:00+00:00 pin-sha256=\"{PIN[7:]}\"\n")
     assert read_learned(str(path)) == {"a.example": LearnedHost(
         "a.example", (parse_pin(PIN),), dt.datetime(2026, 1, 1, tzinfo=dt.UTC))}
+
+
+def test_check_lints_learning_pinsets_without_false_alarms() -> None:
+    from pinproxy.tools.lint import lint
+
+    free = parse_pinset("version: 1\nunpinned: learn\nhosts: []\n", "pins.yaml")
+    assert lint(free, TODAY) == []
+    rules = parse_pinset("version: 1\nhosts:\n  - host: a.example\n    mode: learn\n")
+    assert lint(rules, TODAY) == []
+
+
+def test_learning_metrics(tmp_path: Path) -> None:
+    from prometheus_client import REGISTRY
+
+    before = REGISTRY.get_sample_value("pinproxy_hosts_learned_total") or 0.0
+
+    async def scenario() -> None:
+        state = LearnState(str(tmp_path / "learned"))
+        state.learn(decide(pinset(learn_rule(HOST)), [HOST], good_chain(), TODAY))
+        assert state._writing is not None
+        await state._writing
+
+    asyncio.run(scenario())
+    assert REGISTRY.get_sample_value("pinproxy_hosts_learned_total") == before + 1
+    assert REGISTRY.get_sample_value("pinproxy_learned_hosts") == 1
