@@ -27,8 +27,8 @@ from pinproxy.pins import Pin, PinKind, parse_pin
 from pinproxy.pinset import Location, Pinset, Unpinned
 
 __all__ = ["MAX_LEARNED_HOSTS", "NOTHING_LEARNED", "Learned", "LearnedHost", "forget",
-           "learning_location", "locked", "merge", "read_learned", "render_learned",
-           "require_learn_file"]
+           "learning_location", "locked", "merge", "merge_signed", "read_learned",
+           "read_learned_signed", "render_learned", "require_learn_file", "signature"]
 
 MAX_LEARNED_HOSTS = 10_000  # beyond it a new host is refused, not learned (docs/design.md)
 _LOCK_TIMEOUT = 5.0  # seconds a writer waits for another one to finish
@@ -79,14 +79,32 @@ def require_learn_file(pinset: Pinset, learn_file: str | None) -> Pinset:
     return pinset
 
 
+Signature = tuple[int, int, int] | None  # (inode, mtime ns, size); None: no file
+
+
+def signature(path: str) -> Signature:
+    """What tells that the file changed since it was read (a writer replaces it: new inode)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def read_learned(path: str) -> dict[str, LearnedHost]:
     """The learn file's hosts; a missing file is empty (nothing learned yet). Anything else
     unreadable or malformed raises `PinsetError` naming `path:line`."""
+    return read_learned_signed(path)[0]
+
+
+def read_learned_signed(path: str) -> tuple[dict[str, LearnedHost], Signature]:
+    """`read_learned`, and the signature of the very file that was read."""
     try:
         with open_regular(path) as stream:
+            st = os.fstat(stream.fileno())
             data = stream.read()
     except FileNotFoundError:
-        return {}
+        return {}, None
     except OSError as e:
         raise PinsetError([Problem(Location(path), f"cannot read learn file: "
                                                    f"{e.strerror or e}")]) from None
@@ -112,7 +130,7 @@ def read_learned(path: str) -> dict[str, LearnedHost]:
         hosts[entry.host] = entry
     if problems:
         raise PinsetError(problems)
-    return hosts
+    return hosts, (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def _entry(words: list[str]) -> LearnedHost:
@@ -168,13 +186,20 @@ def locked(path: str, timeout: float = _LOCK_TIMEOUT) -> Iterator[None]:
 def merge(path: str, new: Mapping[str, LearnedHost]) -> dict[str, LearnedHost]:
     """Add `new` hosts to the file (an entry already there wins) and return the whole file.
     Blocking: the proxy calls it in a thread."""
+    return merge_signed(path, new)[0]
+
+
+def merge_signed(path: str, new: Mapping[str, LearnedHost],
+                 ) -> tuple[dict[str, LearnedHost], Signature]:
+    """`merge`, and the signature of the file as this merge left it (taken under the lock)."""
     with locked(path):
-        hosts = read_learned(path)
+        hosts, sig = read_learned_signed(path)
         added = {host: entry for host, entry in new.items() if host not in hosts}
         if added:
             hosts.update(added)
             replace_atomically(path, render_learned(hosts), 0o644)
-        return hosts
+            sig = signature(path)
+        return hosts, sig
 
 
 def forget(path: str, host: str) -> bool:

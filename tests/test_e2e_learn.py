@@ -130,3 +130,25 @@ def test_learning_needs_a_good_learn_file(tmp_path: Path, pki: TrustedPki,
     assert f"{learn_file}:2: " in corrupt.stderr
     assert "Traceback" not in corrupt.stderr
     assert learn_file.read_text() == "# fine\nfree.test yesterday sha256/x\n"
+
+
+def test_workers_share_what_they_learn(tmp_path: Path, pki: TrustedPki, serve: Serve,
+                                       good_leaf: trustme.LeafCert,
+                                       rogue_leaf: trustme.LeafCert, confdir: Path) -> None:
+    pinset, learn_file = tmp_path / "pins.yaml", tmp_path / "learned"
+    pinset.write_text(PINSET)
+    with start_pinproxy(pinset, confdir, pki.ca_bundle, "--workers", "2",
+                        "--learn-file", str(learn_file)) as proxy:
+        proxy.wait_for_output(r"listening on .*\(worker \d/2\)[\s\S]*"
+                              r"listening on .*\(worker \d/2\)", timeout=20)
+        assert_allowed(proxy, serve(good_leaf), "free.test")  # one worker learns it
+        learned_text(learn_file, "free.test")
+        rogue = serve(rogue_leaf)
+        # whichever worker takes each connection, the learned key is enforced: the other one
+        # reads the changed file before it would learn
+        for _ in range(6):
+            result = curl(proxy, "free.test", rogue.port, "/secret")
+            assert result.status == 502 and "reason: pin-mismatch" in result.body, result
+        wait_for(lambda: rogue.connections_closed >= rogue.connections_accepted)
+        assert rogue.received_bytes() == b""
+        assert leaf_pin(good_leaf) in learned_text(learn_file, "free.test")

@@ -324,3 +324,22 @@ def test_learning_metrics(tmp_path: Path) -> None:
     asyncio.run(scenario())
     assert REGISTRY.get_sample_value("pinproxy_hosts_learned_total") == before + 1
     assert REGISTRY.get_sample_value("pinproxy_learned_hosts") == 1
+
+
+def test_a_worker_sees_what_another_learned_before_learning_itself(tmp_path: Path) -> None:
+    path = str(tmp_path / "learned")
+    ps = pinset(learn_rule(HOST))
+
+    async def scenario() -> None:
+        first, second = LearnState(path), LearnState(path)  # two --workers processes
+        first.learn(decide(ps, [HOST], good_chain(), TODAY, first.view()))
+        assert first._writing is not None
+        await first._writing
+        # the second worker's first connection to the host: stale view, so it re-reads
+        assert decide(ps, [HOST], rogue_chain(), TODAY, second.view()).reason is \
+            Reason.FIRST_USE
+        assert second.refresh_if_changed() is True
+        assert decide(ps, [HOST], rogue_chain(), TODAY, second.view()).action is Action.BLOCK
+        assert second.refresh_if_changed() is False  # unchanged: a stat, no read
+
+    asyncio.run(scenario())

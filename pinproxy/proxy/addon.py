@@ -105,6 +105,10 @@ class Pinning:
         """What the policy sees of the learned hosts (nothing without --learn-file)."""
         return self.learning.view() if self.learning is not None else NOTHING_LEARNED
 
+    def refresh_learned(self) -> bool:
+        """Whether the learn file changed (another worker learned) and was read again."""
+        return self.learning is not None and self.learning.refresh_if_changed()
+
     def learn(self, decision: Decision) -> None:
         """Record a FIRST_USE decision's pins; raises (and so refuses) without a learn file."""
         if self.learning is None:
@@ -414,6 +418,9 @@ class _HandshakeCheck:
             decision = decide_handshake(self.addon.pinset, self.names, self._chain(), _today(),
                                         self.addon.learned())
             metrics.CHECK_DURATION.observe(time.perf_counter() - started)
+            if decision.reason is Reason.FIRST_USE and self.addon.refresh_learned():
+                decision = decide_handshake(self.addon.pinset, self.names, self._chain(),
+                                            _today(), self.addon.learned())
             if decision.reason is Reason.FIRST_USE:  # only a chain OpenSSL verified gets here
                 self.addon.learn(decision)
             if decision.rule is not None:

@@ -20,8 +20,10 @@ from pinproxy.learned import (
     MAX_LEARNED_HOSTS,
     Learned,
     LearnedHost,
-    merge,
-    read_learned,
+    Signature,
+    merge_signed,
+    read_learned_signed,
+    signature,
 )
 from pinproxy.policy import Decision
 
@@ -37,13 +39,30 @@ class LearnState:
     def __init__(self, path: str, limit: int = MAX_LEARNED_HOSTS) -> None:
         self.path = path
         self.limit = limit
-        self.hosts: dict[str, LearnedHost] = read_learned(path)
+        self.hosts: dict[str, LearnedHost]
+        self._signature: Signature
+        self.hosts, self._signature = read_learned_signed(path)
         self._pending: dict[str, LearnedHost] = {}  # learned here, not yet in the file
         self._writing: asyncio.Task[None] | None = None
         metrics.record_learned_hosts(len(self.hosts))
 
     def view(self) -> Learned:
         return Learned(self.hosts, full=len(self.hosts) >= self.limit)
+
+    def refresh_if_changed(self) -> bool:
+        """Before learning a host: has another process (a `--workers` sibling) written the file
+        since this one last read or wrote it? Then read it now, so a host it learned is
+        enforced here rather than learned again. A `stat`, and a read only after a change:
+        bounded (the file is capped) and rare (once per new host)."""
+        if signature(self.path) == self._signature:
+            return False
+        try:
+            hosts, self._signature = read_learned_signed(self.path)
+        except PinproxyError as e:
+            logger.error("pinproxy kept the learned hosts it had: %s", e)
+            return False
+        self._adopt(hosts)
+        return True
 
     def learn(self, decision: Decision) -> None:
         """Record the SPKI pins of the verified chain's leaf and issuer for `decision.host`."""
@@ -72,7 +91,8 @@ class LearnState:
         while self._pending:
             batch = dict(self._pending)
             try:
-                merged = await asyncio.to_thread(merge, self.path, batch)
+                merged, self._signature = await asyncio.to_thread(merge_signed, self.path,
+                                                                  batch)
             except (OSError, PinproxyError) as e:
                 logger.error("pinproxy could not write learn file %s: %s; what was learned is "
                              "enforced until a restart, and the next learned host or SIGHUP "
@@ -87,7 +107,7 @@ class LearnState:
         """SIGHUP: read the file again (after `pinproxy learned forget`, or what other workers
         learned). A file that does not read is logged, and what is in memory stays."""
         try:
-            hosts = await asyncio.to_thread(read_learned, self.path)
+            hosts, self._signature = await asyncio.to_thread(read_learned_signed, self.path)
         except PinproxyError as e:
             logger.error("pinproxy kept the learned hosts it had: %s", e)
             return
