@@ -343,3 +343,45 @@ def test_a_worker_sees_what_another_learned_before_learning_itself(tmp_path: Pat
         assert second.refresh_if_changed() is False  # unchanged: a stat, no read
 
     asyncio.run(scenario())
+
+
+# -- pinproxy learned -----------------------------------------------------------------------
+
+def test_cli_list_forget_promote(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pinproxy.cli import main
+    from pinproxy.loader import load_pinset
+
+    path = tmp_path / "learned"
+    merge(str(path), dict(learned_good().hosts))
+    assert main(["learned", "list", "--learn-file", str(path)]) == 0
+    chain = good_chain()
+    assert capsys.readouterr().out == (
+        f"{HOST}  2026-03-14T12:00:00Z  {chain[0].spki} {chain[1].spki}\n")
+    out = tmp_path / "promoted.yaml"
+    assert main(["learned", "promote", "-o", str(out), "--learn-file", str(path)]) == 0
+    promoted = load_pinset(out)
+    assert [(r.host, r.pins, r.learn) for r in promoted.rules] == [
+        (HOST, (chain[0].spki, chain[1].spki), False)]
+    assert main(["learned", "promote", "-o", str(out), "--learn-file", str(path)]) == 2
+    assert "already exists; use --force" in capsys.readouterr().err
+    assert main(["learned", "forget", HOST.upper(), "--learn-file", str(path)]) == 0
+    assert read_learned(str(path)) == {}
+    assert main(["learned", "forget", HOST, "--learn-file", str(path)]) == 2
+    assert f"{path}: '{HOST}' is not learned" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["learned", "list"], ["learned", "forget", "a.example"],
+                                  ["learned", "promote", "-o", "-"]])
+def test_cli_needs_a_learn_file(argv: list[str], capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from pinproxy.cli import main
+
+    monkeypatch.delenv("PINPROXY_LEARN_FILE", raising=False)
+    assert main(argv) == 2
+    assert "give --learn-file PATH (or PINPROXY_LEARN_FILE)" in capsys.readouterr().err
+    monkeypatch.setenv("PINPROXY_LEARN_FILE", str(tmp_path / "missing"))
+    assert main(argv) == 2
+    assert "no such learn file" in capsys.readouterr().err
+    (tmp_path / "missing").write_text("bad line\n")
+    assert main(argv) == 2
+    assert f"{tmp_path / 'missing'}:1: " in capsys.readouterr().err
