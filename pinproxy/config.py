@@ -43,6 +43,7 @@ class RunConfig:
     pinset_refresh: float = 300.0  # seconds between fetches of pinset_url (+-10 % jitter)
     pinset_cache: str | None = None  # directory keeping the last accepted signed pinset
     on_stale: str = "keep"  # keep | report | block: a signed pinset past its valid_until
+    learn_file: str | None = None  # trust on first use: the learned pins (pinproxy.learned)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

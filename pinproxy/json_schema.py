@@ -134,7 +134,9 @@ PINSET_SCHEMA: Final[dict[str, Any]] = {
         "unpinned": {
             "description": "What happens to a host that no rule covers. allow: it passes with "
                            "normal CA checks only. block: only hosts with a rule are reachable "
-                           "through the proxy.",
+                           "through the proxy. learn: trust on first use for every DNS name "
+                           "(the pins of its first verified chain are learned and enforced; "
+                           "needs --learn-file).",
             "enum": [choice.value for choice in Unpinned],
             "default": Unpinned.ALLOW.value,
         },
@@ -179,7 +181,7 @@ PINSET_SCHEMA: Final[dict[str, Any]] = {
                            "passes when any pin matches any certificate of the verified chain.",
             "type": "object",
             "additionalProperties": False,
-            "required": ["host", "pins"],
+            "required": ["host"],
             "properties": {
                 "host": {"$ref": "#/$defs/host"},
                 "pins": {
@@ -203,15 +205,28 @@ PINSET_SCHEMA: Final[dict[str, Any]] = {
                     "format": "date",
                     "pattern": _DATE_PATTERN,
                 },
-                "mode": _mode("for this rule (default: the pinset's 'mode')"),
+                "mode": {
+                    "description": "What a failed check does for this rule (default: the "
+                                   "pinset's 'mode'). enforce: refuse the connection. report: "
+                                   "let it through, log it and write it to the report log. "
+                                   "learn: trust on first use: no 'pins'; each host the rule "
+                                   "covers is enforced against the pins of its first verified "
+                                   "chain (needs --learn-file).",
+                    "enum": [*(mode.value for mode in Mode), "learn"],
+                },
                 "report_uri": _report_uri("of this rule (default: the pinset's "
                                           "'report_uri')"),
             },
-            "if": {"required": ["host"], "properties": {"host": {"pattern": _IP_PATTERN}}},
-            "then": {"properties": {"include_subdomains": {
-                "const": False,
-                "description": "An IP address has no subdomains.",
-            }}},
+            "allOf": [
+                {"if": {"required": ["host"], "properties": {"host": {"pattern": _IP_PATTERN}}},
+                 "then": {"properties": {"include_subdomains": {
+                     "const": False,
+                     "description": "An IP address has no subdomains.",
+                 }}}},
+                {"if": {"required": ["mode"], "properties": {"mode": {"const": "learn"}}},
+                 "then": {"not": {"required": ["pins"]}},
+                 "else": {"required": ["pins"]}},
+            ],
         },
         "host": {
             "description": "A DNS name (any case, Unicode or punycode, trailing dot ignored), "

@@ -35,6 +35,7 @@ _TOP_KEYS = {"version", "mode", "unpinned", "hosts", "serial", "valid_until", "r
              "report_dedupe"}
 MAX_SERIAL = 2**63 - 1
 _RULE_KEYS = {"host", "pins", "include_subdomains", "expires", "mode", "report_uri"}
+_LEARN = "learn"  # a rule's `mode: learn`: trust on first use (pinproxy.learned)
 _DURATION = re.compile(r"(\d{1,9})([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _MAX_DEDUPE = 366 * 86400
@@ -217,17 +218,29 @@ class _Parser:
 
     def _rule(self, node: Node) -> tuple[HostRule, bool] | None:
         """A rule, and whether it takes the pinset's mode (not known yet while streaming)."""
-        fields = self._mapping(node, "a host rule", _RULE_KEYS, required=("host", "pins"))
+        fields = self._mapping(node, "a host rule", _RULE_KEYS, required=("host",))
         if fields is None:
+            return None
+        mode_node = fields.get("mode")  # `mode: learn` (trust on first use) takes no pins
+        learn = (isinstance(mode_node, Scalar) and mode_node.tag == _STR
+                 and mode_node.value == _LEARN)
+        if not learn and "pins" not in fields:
+            self.problem(node, "a host rule is missing the key 'pins'")
             return None
         include = fields.get("include_subdomains")
         include_subdomains = (
             self._boolean(include, "'include_subdomains'") if include is not None else False
         )
         host = self._host(fields.get("host"), bool(include_subdomains))
-        pins = self._pins(fields.get("pins"), host or "this host")
+        if learn and "pins" in fields:
+            self.problem(fields["pins"], f"{host or 'this host'} has 'mode: learn', which "
+                         "learns its pins on first use: remove 'pins' (or make the rule "
+                         "'mode: enforce')")
+            return None
+        pins = () if learn else self._pins(fields.get("pins"), host or "this host")
         expires = self._date(fields["expires"]) if "expires" in fields else None
-        mode = self._choice(fields.get("mode"), "'mode'", Mode, Mode.ENFORCE)
+        mode = (Mode.ENFORCE if learn else
+                self._choice(fields.get("mode"), "'mode'", Mode, Mode.ENFORCE))
         report_uri = self._report_uri(fields["report_uri"]) if "report_uri" in fields else None
         if host is None or pins is None or include_subdomains is None or mode is None:
             return None
@@ -236,7 +249,7 @@ class _Parser:
             return None
         rule = HostRule(host=host, pins=pins, location=Location(self.source, node.line),
                         include_subdomains=include_subdomains, mode=mode, expires=expires,
-                        report_uri=report_uri)
+                        report_uri=report_uri, learn=learn)
         return rule, "mode" not in fields
 
     # -- values ----------------------------------------------------------------------------

@@ -44,6 +44,7 @@ __all__ = [
     "record_connection_rejected",
     "record_decision",
     "record_fetch",
+    "record_learned_hosts",
     "record_load_failed",
     "record_loaded",
     "record_proxy_auth_refused",
@@ -118,6 +119,10 @@ CONNECTIONS_REJECTED = Counter("pinproxy_connections_rejected",
 
 # The `kind` label of TIMEOUTS: a fixed set, so a label never comes from input.
 TIMEOUT_KINDS = ("client-idle", "request-head", "refused-tunnel", "upstream")
+HOSTS_LEARNED = Counter("pinproxy_hosts_learned",
+                        "Hosts learned on first use (trust on first use, --learn-file).")
+LEARNED_HOSTS = Gauge("pinproxy_learned_hosts", "Learned hosts in force (the learn file's hosts "
+                      "as this process last read or wrote it).", multiprocess_mode="mostrecent")
 
 _CHECKS = {(a, r): CHECKS.labels(a.value, r.value) for a in Action for r in Reason}
 _TIMEOUTS = {kind: TIMEOUTS.labels(kind) for kind in TIMEOUT_KINDS}
@@ -181,6 +186,13 @@ def record_stale(stale: bool) -> None:
 
 def record_stale_connection() -> None:
     STALE_CONNECTIONS.inc()
+
+
+def record_learned_hosts(count: int, learned_one: bool = False) -> None:
+    """The learned hosts in force, and whether this change learned a new one."""
+    if learned_one:
+        HOSTS_LEARNED.inc()
+    LEARNED_HOSTS.set(count)
 
 
 def record_load_failed() -> None:

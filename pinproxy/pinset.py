@@ -30,6 +30,7 @@ class Unpinned(StrEnum):
 
     ALLOW = "allow"
     BLOCK = "block"
+    LEARN = "learn"  # trust on first use, for every host (pinproxy.learned)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +55,9 @@ class HostRule:
     `host` is normalised; a wildcard is spelled `*.example.com`. `pins` are distinct, in the
     order written (a tuple: a 100 000-rule pinset would spend 16 MB more on frozensets).
     `expires` is the last day (UTC) on which the rule is enforced. `report_uri` is the
-    collector of this rule's violation reports (None: the pinset's).
+    collector of this rule's violation reports (None: the pinset's). A `learn` rule (`mode:
+    learn`, trust on first use) has no pins: each host it covers is enforced against the pins
+    learned from its first verified chain (`pinproxy.learned`); its `mode` is ENFORCE.
     """
 
     host: str
@@ -64,6 +67,7 @@ class HostRule:
     mode: Mode = Mode.ENFORCE
     expires: date | None = None
     report_uri: str | None = None
+    learn: bool = False
 
     @property
     def is_wildcard(self) -> bool:

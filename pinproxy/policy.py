@@ -23,7 +23,8 @@ from datetime import date
 from enum import StrEnum
 
 from pinproxy.errors import HostnameError
-from pinproxy.hostnames import authority_host, normalize_host
+from pinproxy.hostnames import authority_host, is_ip_literal, normalize_host
+from pinproxy.learned import NOTHING_LEARNED, Learned
 from pinproxy.pins import CertificatePins, Pin
 from pinproxy.pinset import HostRule, Mode, Pinset, Unpinned
 
@@ -60,6 +61,8 @@ class Reason(StrEnum):
     INVALID_HOST = "invalid-host"
     INTERNAL_ERROR = "internal-error"
     UPSTREAM_TIMEOUT = "upstream-timeout"
+    FIRST_USE = "learned-on-first-use"  # the adapter records the chain's pins
+    LEARN_FULL = "learn-file-full"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +97,8 @@ _SEVERITY = {Action.ALLOW: 0, Action.REPORT: 1, Action.BLOCK: 2}
 
 
 def decide(
-    pinset: Pinset, names: Iterable[str], chain: Sequence[CertificatePins], today: date
+    pinset: Pinset, names: Iterable[str], chain: Sequence[CertificatePins], today: date,
+    learned: Learned = NOTHING_LEARNED,
 ) -> Decision:
     """Check every distinct name against the verified chain (leaf first); the worst result wins.
 
@@ -103,7 +107,8 @@ def decide(
     OpenSSL checked the certificate against that name), not refused as "unpinned".
     """
     chain = tuple(chain)
-    results = [_decide_name(pinset, name, chain, today) for name in dict.fromkeys(names)]
+    results = [_decide_name(pinset, name, chain, today, learned)
+               for name in dict.fromkeys(names)]
     judged = [r for r in results if r.reason is not Reason.NOT_PINNED] or results
     if not judged:
         return Decision(Action.BLOCK, Reason.INVALID_HOST, "", None, chain,
@@ -111,22 +116,30 @@ def decide(
     return max(judged, key=lambda r: _SEVERITY[r.action])
 
 
-def decide_plaintext(pinset: Pinset, name: str, today: date) -> Decision:
-    """Plain `http://` cannot be pinned: refuse it for any host a live rule covers."""
-    decision = _decide_name(pinset, name, (), today)
+def decide_plaintext(pinset: Pinset, name: str, today: date,
+                     learned: Learned = NOTHING_LEARNED) -> Decision:
+    """Plain `http://` cannot be pinned: refuse it for any host a live rule covers, and for a
+    host `unpinned: learn` has learned (plaintext never learns anything)."""
+    decision = _decide_name(pinset, name, (), today, learned)
     if decision.rule is None:
+        if decision.reason is Reason.PIN_MISMATCH:  # learned under `unpinned: learn`
+            return replace(decision, reason=Reason.PLAINTEXT, detail="")
+        if decision.reason in (Reason.FIRST_USE, Reason.LEARN_FULL):
+            return Decision(Action.ALLOW, Reason.NOT_PINNED, decision.host, None,
+                            expired=decision.expired)
         return decision
     return Decision(_action(decision.rule.mode), Reason.PLAINTEXT, decision.host, decision.rule,
                     expired=decision.expired)
 
 
 def decide_handshake(pinset: Pinset | None, names: Sequence[str],
-                     chain: Sequence[CertificatePins], today: date) -> Decision:
+                     chain: Sequence[CertificatePins], today: date,
+                     learned: Learned = NOTHING_LEARNED) -> Decision:
     """The pin check of one upstream handshake whose chain OpenSSL verified; no pinset, no
-    handshake."""
+    handshake. `Reason.FIRST_USE` asks the adapter to learn the chain's pins for the host."""
     if pinset is None:
         return no_pinset(names[0] if names else "")
-    return decide(pinset, names, chain, today)
+    return decide(pinset, names, chain, today, learned)
 
 
 def refuse_unverified(names: Sequence[str], chain: Sequence[CertificatePins],
@@ -150,7 +163,8 @@ def refuse_timed_out(host: str, seconds: float) -> Decision:
 
 
 def decide_request(pinset: Pinset | None, scheme: str, host: str, host_header: str | None,
-                   checked: Iterable[str | None], today: date) -> Decision | None:
+                   checked: Iterable[str | None], today: date,
+                   learned: Learned = NOTHING_LEARNED) -> Decision | None:
     """What one HTTP request may do on a connection that passed (or had no) handshake check.
 
     `host` is the request's target host, `host_header` its Host header (or :authority), and
@@ -166,7 +180,7 @@ def decide_request(pinset: Pinset | None, scheme: str, host: str, host_header: s
     authority = authority_host(host_header) if host_header else host
     if scheme == "http":
         for name in dict.fromkeys((host, authority)):
-            decision = decide_plaintext(pinset, name, today)
+            decision = decide_plaintext(pinset, name, today, learned)
             if decision.is_violation:
                 return decision
         return None
@@ -174,8 +188,8 @@ def decide_request(pinset: Pinset | None, scheme: str, host: str, host_header: s
              if (normalized := _normalized(name)) is not None}
     if _normalized(authority) in names:
         return None
-    decision = decide(pinset, [authority], (), today)
-    if decision.reason is Reason.PIN_MISMATCH or (
+    decision = decide(pinset, [authority], (), today, learned)
+    if decision.reason in (Reason.PIN_MISMATCH, Reason.FIRST_USE, Reason.LEARN_FULL) or (
         decision.reason is Reason.NOT_PINNED and decision.is_violation
     ):
         return replace(decision, reason=Reason.MISDIRECTED, detail=(
@@ -185,14 +199,14 @@ def decide_request(pinset: Pinset | None, scheme: str, host: str, host_header: s
 
 
 def decide_tunnel(pinset: Pinset | None, host: str, encrypted: bool,
-                  today: date) -> Decision | None:
+                  today: date, learned: Learned = NOTHING_LEARNED) -> Decision | None:
     """A raw tunnel to `host`: None when it is TLS (its handshake was checked), else judged as
     plaintext."""
     if encrypted:
         return None
     if pinset is None:
         return no_pinset(host)
-    return decide_plaintext(pinset, host, today)
+    return decide_plaintext(pinset, host, today, learned)
 
 
 def no_pinset(host: str) -> Decision:
@@ -222,7 +236,8 @@ def _normalized(name: str) -> str | None:
 
 
 def _decide_name(
-    pinset: Pinset, name: str, chain: tuple[CertificatePins, ...], today: date
+    pinset: Pinset, name: str, chain: tuple[CertificatePins, ...], today: date,
+    learned: Learned = NOTHING_LEARNED,
 ) -> Decision:
     try:
         host = normalize_host(name)
@@ -233,6 +248,8 @@ def _decide_name(
         if rule.expired(today):
             expired.append(rule)
             continue
+        if rule.learn:
+            return _decide_learned(host, rule, chain, learned, tuple(expired))
         matched = _first_match(rule, chain)
         if matched is not None:
             return Decision(Action.ALLOW, Reason.PIN_MATCHED, host, rule, chain, matched,
@@ -242,7 +259,29 @@ def _decide_name(
     if pinset.unpinned is Unpinned.BLOCK:
         return Decision(_action(pinset.mode), Reason.NOT_PINNED, host, None, chain,
                         expired=tuple(expired))
+    if pinset.unpinned is Unpinned.LEARN and not is_ip_literal(host):
+        return _decide_learned(host, None, chain, learned, tuple(expired))
     return Decision(Action.ALLOW, Reason.NOT_PINNED, host, None, chain, expired=tuple(expired))
+
+
+def _decide_learned(host: str, rule: HostRule | None, chain: tuple[CertificatePins, ...],
+                    learned: Learned, expired: tuple[HostRule, ...]) -> Decision:
+    """Trust on first use: a learned host is enforced against its learned SPKI pins; a new one
+    is let through to be learned (`FIRST_USE`), or refused once the learn file is full."""
+    entry = learned.hosts.get(host)
+    if entry is not None:
+        pins = entry.pins
+        for cert in chain:
+            if cert.spki in pins:
+                return Decision(Action.ALLOW, Reason.PIN_MATCHED, host, rule, chain, cert.spki,
+                                expired)
+        return Decision(Action.BLOCK, Reason.PIN_MISMATCH, host, rule, chain, expired=expired,
+                        detail=f"learned on first use on {entry.learned_at.date()}: "
+                               f"{' '.join(str(pin) for pin in pins)}")
+    if learned.full:
+        return Decision(Action.BLOCK, Reason.LEARN_FULL, host, rule, chain, expired=expired,
+                        detail="the learn file is full: forget or promote learned hosts")
+    return Decision(Action.ALLOW, Reason.FIRST_USE, host, rule, chain, expired=expired)
 
 
 def _first_match(rule: HostRule, chain: tuple[CertificatePins, ...]) -> Pin | None:

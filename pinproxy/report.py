@@ -43,6 +43,8 @@ _EXPLANATIONS = {
     Reason.UPSTREAM_TIMEOUT: "the upstream did not complete its connection and TLS handshake"
     " in time",
     Reason.PIN_MATCHED: "a pinned key is in the verified chain",
+    Reason.FIRST_USE: "first verified chain for a host that learns its pins: they are learned",
+    Reason.LEARN_FULL: "the learn file holds as many hosts as it may; a new host is not learned",
 }
 
 
@@ -160,7 +162,7 @@ def pinset_summary(pinset: Pinset, path: str | None, sha256: str | None,
         "rules": [{
             "host": rule.host,
             "include_subdomains": rule.include_subdomains,
-            "mode": rule.mode.value,
+            "mode": "learn" if rule.learn else rule.mode.value,
             "pins": [str(pin) for pin in rule.pins],
             "expires": rule.expires.isoformat() if rule.expires is not None else None,
             "location": str(rule.location),

@@ -330,7 +330,7 @@ CASES: list[tuple[str, str, str, list[tuple[int, str]]]] = [
           - host: api.example
             pins: [{P}]
     """, GOOD.replace("version: 1", "version: 1\n    unpinned: block"),
-     [(2, "'unpinned' must be one of 'allow' or 'block', not the YAML boolean 'no'")]),
+     [(2, "'unpinned' must be one of 'allow' or 'block' or 'learn', not the YAML boolean 'no'")]),
     ("rule-mode-off", f"""
         version: 1
         hosts:

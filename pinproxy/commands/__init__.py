@@ -12,12 +12,14 @@ from pinproxy.commands import (
     importing,
     init,
     keygen,
+    learned,
     pin,
     run,
     schema,
     sign,
 )
 
-COMMANDS = (run, pin, check, init, backup_key, importing, exporting, schema, ca, keygen, sign)
+COMMANDS = (run, pin, check, init, backup_key, importing, exporting, schema, ca, keygen, sign,
+            learned)
 
 __all__ = ["COMMANDS"]

@@ -19,6 +19,7 @@ from pinproxy.commands._args import port
 from pinproxy.config import RunConfig, host_and_port
 from pinproxy.credentials import parse_proxy_auth
 from pinproxy.errors import PinproxyError, quote
+from pinproxy.learned import read_learned, require_learn_file
 from pinproxy.loader import load_pinset
 from pinproxy.pinset import Pinset
 from pinproxy.proxy.ca import ensure_ca
@@ -184,6 +185,8 @@ FLAGS: tuple[Flag, ...] = (
          "when the signed pinset in force is past its valid_until and no newer one could be "
          "fetched: keep enforcing it, also report every connection as stale, or block every "
          "connection (default: %(default)s)", choices=("keep", "report", "block")),
+    Flag("learn_file", _nonempty, "the pins learned on first use for 'mode: learn' and "
+         "'unpinned: learn' (like SSH's known_hosts)", "PATH"),
 )
 
 
@@ -297,6 +300,8 @@ def _config(args: argparse.Namespace, environ: Mapping[str, str]) -> RunConfig:
             raise
     _refuse_open_proxy(config)
     _check_signed_pinset(config, args, environ)
+    if config.learn_file is not None:  # a corrupt learn file: one error, before any worker
+        read_learned(config.learn_file)
     return config
 
 
@@ -410,7 +415,9 @@ def _supervise(config: RunConfig) -> int:
 
     # A bad pinset: one set of messages, not one per worker. Checked in a child process, so the
     # supervisor does not keep a parsed pinset (up to 100+ MB) that it never uses.
-    if not config.pinset_url and (code := validate_pinset(config.pinset)):
+    if not config.pinset_url and (code := validate_pinset(
+            config.pinset, lambda path: require_learn_file(load_pinset(path),
+                                                           config.learn_file))):
         return code
     with (metrics_directory() as metrics_dir,
           reserve_port(config.listen_host, config.listen_port) as reserved):

@@ -36,12 +36,14 @@ from OpenSSL import SSL, crypto
 from pinproxy import metrics
 from pinproxy.admin import Readiness
 from pinproxy.errors import PinproxyError, quote
+from pinproxy.learned import NOTHING_LEARNED, Learned
 from pinproxy.loader import load_pinset
 from pinproxy.pins import CertificatePins
 from pinproxy.pinset import Location, Pinset
 from pinproxy.policy import (
     Action,
     Decision,
+    Reason,
     decide_handshake,
     decide_request,
     decide_tunnel,
@@ -53,6 +55,7 @@ from pinproxy.policy import (
 from pinproxy.proxy._mitmproxy_private import close_connection
 from pinproxy.proxy._openssl import verify_error_text, x509_pins
 from pinproxy.proxy.collector import CollectorTransport
+from pinproxy.proxy.learning import LearnState
 from pinproxy.reloading import CurrentPinset
 from pinproxy.report import (
     ReportLog,
@@ -109,6 +112,21 @@ class Pinning:
         # server connections whose handshake passed our check -> what deciding again needs
         self._checked: weakref.WeakKeyDictionary[connection.Server, _Verified] = (
             weakref.WeakKeyDictionary())
+        self.learning: LearnState | None = None  # --learn-file: trust on first use
+
+    def learned(self) -> Learned:
+        """What the policy sees of the learned hosts (nothing without --learn-file)."""
+        return self.learning.view() if self.learning is not None else NOTHING_LEARNED
+
+    def refresh_learned(self) -> bool:
+        """Whether the learn file changed (another worker learned) and was read again."""
+        return self.learning is not None and self.learning.refresh_if_changed()
+
+    def learn(self, decision: Decision) -> None:
+        """Record a FIRST_USE decision's pins; raises (and so refuses) without a learn file."""
+        if self.learning is None:
+            raise RuntimeError("the pinset learns on first use, but no --learn-file is set")
+        self.learning.learn(decision)
 
     def _installed(self, pinset: Pinset) -> None:
         self._expiry_noted.clear()
@@ -375,7 +393,7 @@ class Pinning:
         try:
             decision = decide_request(
                 self.pinset, request.scheme, request.host, request.host_header,
-                (flow.server_conn.sni, flow.client_conn.sni), _today())
+                (flow.server_conn.sni, flow.client_conn.sni), _today(), self.learned())
         except Exception as e:  # noqa: BLE001 - deny-on-error guard: no decision, no request
             logger.error("pinproxy request check failed: %s; refusing", e)
             decision = refuse_on_error(request.host, e)
@@ -403,7 +421,8 @@ class Pinning:
             refusal = self._refusal(context.client, context.server)
             if refusal is None:
                 host, port = context.server.address or ("", None)
-                refusal = decide_tunnel(self.pinset, host, context.server.tls, _today())
+                refusal = decide_tunnel(self.pinset, host, context.server.tls, _today(),
+                                        self.learned())
                 if refusal is None:
                     return
                 if refusal.action is not Action.ALLOW:
@@ -505,8 +524,14 @@ class _HandshakeCheck:
             if depth > 0:
                 return True
             started = time.perf_counter()
-            decision = decide_handshake(self.addon.pinset, self.names, self._chain(), _today())
+            decision = decide_handshake(self.addon.pinset, self.names, self._chain(), _today(),
+                                        self.addon.learned())
             metrics.CHECK_DURATION.observe(time.perf_counter() - started)
+            if decision.reason is Reason.FIRST_USE and self.addon.refresh_learned():
+                decision = decide_handshake(self.addon.pinset, self.names, self._chain(),
+                                            _today(), self.addon.learned())
+            if decision.reason is Reason.FIRST_USE:  # only a chain OpenSSL verified gets here
+                self.addon.learn(decision)
             if decision.rule is not None:
                 _record_leaf(decision, cert)
             self._verdict(conn, decision)

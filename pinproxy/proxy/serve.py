@@ -16,10 +16,12 @@ from pinproxy import logs, metrics
 from pinproxy.admin import AdminServer
 from pinproxy.config import RunConfig
 from pinproxy.errors import PinproxyError
+from pinproxy.learned import require_learn_file
 from pinproxy.loader import load_pinset
 from pinproxy.pinset import Pinset
 from pinproxy.proxy.addon import Pinning
 from pinproxy.proxy.drain import Drain
+from pinproxy.proxy.learning import LearnState
 from pinproxy.proxy.master import build_master
 from pinproxy.proxy.remote import RemotePinset, RemoteSettings, StaleConnections
 from pinproxy.remote import parse_pubkey
@@ -38,8 +40,12 @@ async def serve(config: RunConfig, worker: str = "",
 
         enable_reuse_port()
     opts = options.Options()
-    addon = Pinning(label=f"worker {worker}" if worker else "", load=load,
+    learn_file = config.learn_file
+    addon = Pinning(label=f"worker {worker}" if worker else "",
+                    load=lambda path: require_learn_file(load(path), learn_file),
                     report_queue=config.report_queue)
+    if learn_file is not None:  # a corrupt learn file stops the start (PinsetError)
+        addon.learning = LearnState(learn_file)
     master = build_master(opts, addon, config.proxy_auth)
     # -- readiness and drain (SIGTERM: drain, then stop; a second SIGTERM or SIGINT: stop now)
     drain = Drain(addon.readiness, on_ready=lambda: _report_ready(status_fd))
@@ -87,6 +93,10 @@ async def serve(config: RunConfig, worker: str = "",
 
     def reload() -> None:  # SIGHUP; a bad file is logged and the old pinset stays
         addon.reopen_report_log()  # and the report log follows logrotate's move
+        if addon.learning is not None:  # and the learn file is read again (`learned forget`)
+            rereading = loop.create_task(addon.learning.reread())
+            reloads.add(rereading)
+            rereading.add_done_callback(reloads.discard)
         if signed is not None:  # a signed pinset: fetch it now
             signed.refresh_now()
             return

@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import FrameType
@@ -54,9 +54,10 @@ __all__ = ["enable_reuse_port", "metrics_directory", "reserve_port", "supervise"
 logger = logging.getLogger(__name__)
 
 
-def validate_pinset(path: str) -> int:
+def validate_pinset(path: str, load: Callable[[str], object] | None = None) -> int:
     """Load the pinset in a forked child and return its exit code: 0, or 2 after it printed
-    every problem. The parent never holds the parsed pinset; each worker loads its own."""
+    every problem. The parent never holds the parsed pinset; each worker loads its own.
+    `load` checks more than the file (the learn file a learning pinset needs)."""
     from pinproxy.errors import PinsetError
     from pinproxy.loader import load_pinset
 
@@ -66,7 +67,7 @@ def validate_pinset(path: str) -> int:
     if pid == 0:
         code = 70  # whatever goes wrong below, the child never says "good"
         try:
-            load_pinset(path)
+            (load or load_pinset)(path)
             code = 0
         except PinsetError as e:
             code = 2

@@ -134,6 +134,8 @@ def _staleness(pinset: Pinset, now: datetime) -> Iterator[Finding]:
 
 
 def _backup(rule: HostRule) -> Iterator[Finding]:
+    if rule.learn:  # its pins are learned at run time; `learned promote` writes them out
+        return
     fakes = sorted((pin for pin in rule.pins if pin.digest in _PLACEHOLDERS), key=str)
     real = [pin for pin in rule.pins if pin.digest not in _PLACEHOLDERS]
     if len(real) < 2:
@@ -263,7 +265,8 @@ def protects_nothing(pinset: Pinset, today: date | None = None) -> str | None:
     report-mode pinset). The proxy then only adds mitmproxy's CA checks: an operator who
     meant to pin should hear so at start-up, not after an incident.
     """
-    if pinset.unpinned is Unpinned.BLOCK and pinset.mode is Mode.ENFORCE:
+    if (pinset.unpinned is Unpinned.BLOCK and pinset.mode is Mode.ENFORCE) or (
+            pinset.unpinned is Unpinned.LEARN):  # a learned host's other keys are refused
         return None
     live = [rule for rule in pinset.rules if today is None or not rule.expired(today)]
     if any(rule.mode is Mode.ENFORCE for rule in live):

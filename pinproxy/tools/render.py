@@ -37,6 +37,7 @@ class RuleText:
     mode: Mode | None = None  # None: the pinset's mode
     notes: tuple[str, ...] = field(default=())  # comment lines written above the rule
     report_uri: str | None = None  # None: the pinset's
+    learn: bool = False  # `mode: learn`: no pins written
 
 
 def rule_text(rule: HostRule, default_mode: Mode = Mode.ENFORCE) -> RuleText:
@@ -46,8 +47,9 @@ def rule_text(rule: HostRule, default_mode: Mode = Mode.ENFORCE) -> RuleText:
         pins=tuple(PinLine(pin) for pin in rule.pins),
         include_subdomains=rule.include_subdomains,
         expires=rule.expires,
-        mode=rule.mode if rule.mode is not default_mode else None,
+        mode=rule.mode if rule.mode is not default_mode and not rule.learn else None,
         report_uri=rule.report_uri,
+        learn=rule.learn,
     )
 
 
@@ -59,12 +61,16 @@ def render_rules(rules: Iterable[RuleText], indent: str = "  ") -> str:
         out.append(f"{indent}- host: {_quoted(rule.host)}")
         if rule.include_subdomains:
             out.append(f"{indent}  include_subdomains: true")
-        if rule.mode is not None:
+        if rule.learn:
+            out.append(f"{indent}  mode: learn")
+        elif rule.mode is not None:
             out.append(f"{indent}  mode: {rule.mode.value}")
         if rule.expires is not None:
             out.append(f"{indent}  expires: {rule.expires.isoformat()}")
         if rule.report_uri is not None:
             out.append(f"{indent}  report_uri: {_quoted(rule.report_uri)}")
+        if rule.learn:
+            continue
         out.append(f"{indent}  pins:")
         for line in rule.pins:
             comment = f"  # {printable(line.comment)}" if line.comment else ""
