@@ -37,6 +37,7 @@ class RunConfig:
     proxy_auth: str | None = None  # "user:pass" or "@htpasswd": clients must authenticate
     allow_unauthenticated: bool = False  # listen beyond loopback without --proxy-auth
     drain_timeout: float = 10.0  # seconds in-flight requests get after SIGTERM
+    no_watch: bool = False  # reload only on SIGHUP, not when the pinset's files change
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

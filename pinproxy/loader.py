@@ -71,6 +71,7 @@ class _Parser:
         self.rules: list[HostRule] = []
         self.first_line: dict[str, int] = {}  # host -> line of its rule, to report a second
         self.inheriting: list[int] = []  # rules without `mode:`; they take the pinset's
+        self.files: dict[str, None] = {}  # files read for `file:` pins, in order
 
     def problem(self, node: Node | int, message: str) -> None:
         self.problems.append((node if isinstance(node, int) else node.line, message))
@@ -129,7 +130,8 @@ class _Parser:
         rules = self._rules(fields.get("hosts"), mode or Mode.ENFORCE)
         if mode is None or unpinned is None or rules is None:
             return None
-        return Pinset(rules=tuple(rules), source=self.source, mode=mode, unpinned=unpinned)
+        return Pinset(rules=tuple(rules), source=self.source, mode=mode, unpinned=unpinned,
+                      files=tuple(self.files))
 
     def _rules(self, node: Node | None, default_mode: Mode) -> list[HostRule] | None:
         if node is None:
@@ -216,6 +218,7 @@ class _Parser:
         try:
             if text.startswith("file:"):
                 path = self.base_dir / text.removeprefix("file:").strip()
+                self.files[str(path)] = None
                 try:
                     data = read_regular(path)
                 except OSError as e:

@@ -88,6 +88,7 @@ class Pinset:
     source: str
     mode: Mode = Mode.ENFORCE
     unpinned: Unpinned = Unpinned.ALLOW
+    files: tuple[str, ...] = field(default=(), compare=False)  # read for `file:` pins: watched
     _exact: dict[str, HostRule] = field(init=False, repr=False, compare=False)
     _one_label: dict[str, HostRule] = field(init=False, repr=False, compare=False)
     _apex_and_below: dict[str, HostRule] = field(init=False, repr=False, compare=False)

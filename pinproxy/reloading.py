@@ -76,6 +76,8 @@ class CurrentPinset:
         self.signature: FileSignature | None = None
         self.sha256: str | None = None  # of the file's bytes as read just before loading
         self.loaded_at: dt.datetime | None = None
+        self.attempts = 0  # loads begun, good or bad: a file watcher tells them apart by this
+        self.read_signature: FileSignature | None = None  # the file's, just before the last read
         self._loading = False  # a background load is running
         self._next: str | None = None  # the path asked for while it ran
 
@@ -93,6 +95,7 @@ class CurrentPinset:
         signature = file_signature(path)
         if not force and signature is not None and signature == self.signature:
             return False
+        self._begin(signature)
         digest = file_sha256(path)
         try:
             pinset = self._load(path)
@@ -117,6 +120,7 @@ class CurrentPinset:
             while next_path is not None:
                 self._next = None
                 signature = file_signature(next_path)  # before reading: a later change reloads
+                self._begin(signature)
                 try:
                     digest = await asyncio.to_thread(file_sha256, next_path)
                     pinset = await asyncio.to_thread(self._load, next_path)
@@ -128,6 +132,10 @@ class CurrentPinset:
                 next_path = self._next
         finally:
             self._loading = False
+
+    def _begin(self, signature: FileSignature | None) -> None:
+        self.attempts += 1
+        self.read_signature = signature
 
     def _failed(self, error: Exception) -> None:
         if self._on_failure is not None:

@@ -142,6 +142,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("allow_unauthenticated", None, "listen beyond loopback without --proxy-auth"),
     Flag("drain_timeout", _drain_timeout,
          "on SIGTERM, how long in-flight requests may finish (default: %(default)s)", "SECONDS"),
+    Flag("no_watch", None, "reload the pinset only on SIGHUP, not when its files change"),
 )
 
 
