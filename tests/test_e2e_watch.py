@@ -212,3 +212,21 @@ def test_no_watch_waits_for_sighup(tmp_path: Path, confdir: Path, pki: TrustedPk
         wait_for(lambda: loads(proxy, "ok") == 2, timeout=WITHIN)
         assert curl(proxy, "root.pinned.test", rogue.port).status == 200
         assert curl(proxy, "root.pinned.test", genuine.port).status == 502
+
+
+def test_each_worker_loads_a_change(tmp_path: Path, confdir: Path, pki: TrustedPki,
+                                    serve: Serve, good_leaf: trustme.LeafCert,
+                                    rogue_leaf: trustme.LeafCert) -> None:
+    genuine, rogue = serve(good_leaf), serve(rogue_leaf)
+    path = tmp_path / "pins.yaml"
+    path.write_text(pinset_text(pki.root_pin, pki.root_pin))
+    with start_pinproxy(path, confdir, pki.ca_bundle, "--workers", "2") as proxy:
+        proxy.wait_for_output(r"\(worker 1/2\)")
+        proxy.wait_for_output(r"\(worker 2/2\)")
+        changed = pinset_text(pki.root_pin, pki.rogue_root_pin)
+        change_by_rename(path, changed)
+        assert wait_for_sha256(proxy, changed.encode()) < WITHIN  # the supervisor's /pinset
+        wait_for(lambda: proxy.output().count("reloaded pinset") == 2, timeout=WITHIN)
+        assert all(curl(proxy, "root.pinned.test", rogue.port).status == 200 for _ in range(6))
+        assert curl(proxy, "root.pinned.test", genuine.port).status == 502
+        assert loads(proxy, "ok") == 4  # summed over the workers: two each
