@@ -223,6 +223,8 @@ def test_each_worker_loads_a_change(tmp_path: Path, confdir: Path, pki: TrustedP
     with start_pinproxy(path, confdir, pki.ca_bundle, "--workers", "2") as proxy:
         proxy.wait_for_output(r"\(worker 1/2\)")
         proxy.wait_for_output(r"\(worker 2/2\)")
+        proxy.admin_port = int(proxy.wait_for_output(  # the supervisor's own start-up line
+            r"pinproxy admin listening on http://[^ ]*?:(\d+) ").group(1))
         changed = pinset_text(pki.root_pin, pki.rogue_root_pin)
         change_by_rename(path, changed)
         assert wait_for_sha256(proxy, changed.encode()) < WITHIN  # the supervisor's /pinset
