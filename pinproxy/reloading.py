@@ -109,7 +109,8 @@ class CurrentPinset:
         """Load `path` in a thread and put it in force; the event loop keeps running meanwhile.
 
         A file that fails to load is logged and changes nothing. Loads asked for while one runs
-        are merged into one more, of the last path asked for.
+        are merged into one more, of the last path asked for; so is a file written to while it
+        was read (what was read may be torn), instead of being put in force.
         """
         if self._loading:
             self._next = path
@@ -128,7 +129,14 @@ class CurrentPinset:
                     logger.error("pinproxy pinset reload failed: %s%s", e, self.kept_note)
                     self._failed(e)
                 else:
-                    self._install(pinset, next_path, signature, digest)
+                    if file_signature(next_path) != signature and self._next is None:
+                        # Written to while read: what was read may be torn (a truncated
+                        # pinset can be valid and weaker). Read it again; keep the old meanwhile.
+                        logger.info("pinproxy: pinset %s changed while being read; reading it "
+                                    "again", next_path)
+                        self._next = next_path
+                    else:
+                        self._install(pinset, next_path, signature, digest)
                 next_path = self._next
         finally:
             self._loading = False

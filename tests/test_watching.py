@@ -13,6 +13,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from pinproxy.loader import load_pinset
+from pinproxy.pinset import Pinset
 from pinproxy.reloading import CurrentPinset, FileSignature
 from pinproxy.watching import Changes, Seen, watch
 
@@ -203,3 +205,28 @@ def test_a_file_pin_change_is_loaded(tmp_path: Path) -> None:
         await until(lambda: pins_of(current) != before)
         assert PIN_A in pins_of(current)
     assert run_watching(path, body).attempts == 2
+
+
+def test_a_file_written_to_while_read_is_read_again_not_put_in_force(tmp_path: Path) -> None:
+    """The first read sees a valid pinset with one rule fewer; the file grows meanwhile. What
+    was read may be torn, so it is read again, and only the whole file is put in force."""
+    path = tmp_path / "pins.yaml"
+    path.write_text(pinset_text(PIN_A))
+    whole = pinset_text(PIN_A) + "  - host: second.example\n    pins: ['" + PIN_B + "']\n"
+    reads: list[int] = []
+
+    def load_while_written(name: str) -> Pinset:
+        pinset = load_pinset(name)
+        reads.append(len(pinset.rules))
+        if len(reads) == 2:  # the reload's first read: the rest of the file lands meanwhile
+            path.write_text(whole)
+        return pinset
+
+    installed: list[int] = []
+    current = CurrentPinset(load_while_written,
+                            on_install=lambda pinset: installed.append(len(pinset.rules)))
+    current.load(str(path))
+    path.write_text(pinset_text(PIN_B))
+    asyncio.run(current.load_in_background(str(path)))
+    assert reads == [1, 1, 2]
+    assert installed == [1, 2]  # never the read the write overtook
