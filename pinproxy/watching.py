@@ -24,7 +24,8 @@ from enum import StrEnum
 
 from pinproxy.reloading import CurrentPinset, FileSignature, file_signature
 
-__all__ = ["INTERVAL", "Changes", "Seen", "snapshot", "watch", "watched_paths"]
+__all__ = ["INTERVAL", "Changes", "Seen", "snapshot", "start_watching", "watch",
+           "watched_paths"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +63,13 @@ class Changes:
     def observe(self, now: Snapshot) -> Seen:
         previous, self._previous = self._previous, now
         missing = frozenset(path for path, signature in now.items() if signature is None)
-        newly_missing, self._missing = missing - self._missing, missing
+        newly_missing, back, self._missing = missing - self._missing, self._missing - missing, \
+            missing
         if newly_missing:
             logger.warning("pinproxy: pinset file %s is gone; the pinset in force stays until "
                            "it is back", ", ".join(sorted(newly_missing)))
+        if back:
+            logger.info("pinproxy: pinset file %s is there again", ", ".join(sorted(back)))
         if missing:
             return Seen.MISSING
         if all(self.baseline.get(path, signature) == signature
@@ -106,3 +110,18 @@ async def watch(path: str, pinsets: CurrentPinset, reload: Callable[[], Awaitabl
             changes.rebase(now)  # the next poll rebases again, on what the load read
             await reload()
         await asyncio.sleep(interval)
+
+
+def start_watching(path: str, pinsets: CurrentPinset,
+                   reload: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+    """`watch` as a task on the running loop; if it ever stops on an error, that is logged (the
+    pinset in force stays, and SIGHUP still reloads)."""
+    task = asyncio.get_running_loop().create_task(watch(path, pinsets, reload))
+    task.add_done_callback(_stopped)
+    return task
+
+
+def _stopped(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        logger.error("pinproxy stopped watching the pinset files: %r; SIGHUP still reloads",
+                     error)

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pinproxy.loader import load_pinset
 from pinproxy.pinset import Pinset
 from pinproxy.reloading import CurrentPinset, FileSignature
-from pinproxy.watching import Changes, Seen, watch
+from pinproxy.watching import Changes, Seen, start_watching, watch
 
 PIN_A = "sha256/" + "A" * 43 + "="
 PIN_B = "sha256/" + "B" * 42 + "E="
@@ -170,6 +170,7 @@ def test_a_gone_file_keeps_the_pinset_until_it_is_back(tmp_path: Path,
     with caplog.at_level(logging.INFO):
         assert run_watching(path, body).attempts == 2
     assert caplog.text.count("is gone") == 1
+    assert caplog.text.count("is there again") == 1
 
 
 def test_a_bad_file_is_tried_once_then_a_good_one_is_loaded(tmp_path: Path) -> None:
@@ -230,3 +231,22 @@ def test_a_file_written_to_while_read_is_read_again_not_put_in_force(tmp_path: P
     asyncio.run(current.load_in_background(str(path)))
     assert reads == [1, 1, 2]
     assert installed == [1, 2]  # never the read the write overtook
+
+
+def test_a_watch_that_fails_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "pins.yaml"
+    path.write_text(pinset_text(PIN_A))
+    current = CurrentPinset()
+    current.load(str(path))
+
+    async def broken_reload() -> None:
+        raise RuntimeError("no reload today")
+
+    async def main() -> None:
+        task = start_watching(str(path), current, broken_reload)
+        path.unlink()
+        path.write_text(pinset_text(PIN_B))  # a new inode: a change, settled after one poll
+        await asyncio.wait_for(asyncio.wait([task]), 10)
+        await asyncio.sleep(0)  # the done callback runs next
+    asyncio.run(main())
+    assert "stopped watching the pinset files: RuntimeError('no reload today')" in caplog.text

@@ -21,7 +21,7 @@ from pinproxy.pinset import Pinset
 from pinproxy.proxy.addon import Pinning
 from pinproxy.proxy.drain import Drain
 from pinproxy.proxy.master import build_master
-from pinproxy.watching import watch
+from pinproxy.watching import start_watching
 
 __all__ = ["serve"]
 
@@ -86,8 +86,7 @@ async def serve(config: RunConfig, worker: str = "",
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     if not config.no_watch:  # and on change of the pinset's files (each worker watches its own)
-        reloads.add(loop.create_task(watch(config.pinset, addon.pinsets,
-                                           addon.reload_in_background)))
+        reloads.add(start_watching(config.pinset, addon.pinsets, addon.reload_in_background))
     admin = _start_admin(config, addon) if not worker else None
     # What start-up made, the pinset above all, lives as long as the process (or until a
     # reload): out of the cycle collector's full scans, which would walk a big pinset's
