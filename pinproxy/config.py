@@ -44,6 +44,7 @@ class RunConfig:
     pinset_cache: str | None = None  # directory keeping the last accepted signed pinset
     on_stale: str = "keep"  # keep | report | block: a signed pinset past its valid_until
     learn_file: str | None = None  # trust on first use: the learned pins (pinproxy.learned)
+    no_watch: bool = False  # reload only on SIGHUP, not when the pinset's files change
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

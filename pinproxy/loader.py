@@ -116,6 +116,7 @@ class _Parser:
         self.rules: list[HostRule] = []
         self.first_line: dict[str, int] = {}  # host -> line of its rule, to report a second
         self.inheriting: list[int] = []  # rules without `mode:`; they take the pinset's
+        self.files: dict[str, None] = {}  # files read for `file:` pins, in order
 
     def problem(self, node: Node | int, message: str) -> None:
         self.problems.append((node if isinstance(node, int) else node.line, message))
@@ -187,7 +188,7 @@ class _Parser:
             return None
         return Pinset(rules=tuple(rules), source=self.source, mode=mode, unpinned=unpinned,
                       serial=serial, valid_until=valid_until, report_uri=report_uri,
-                      report_dedupe=dedupe)
+                      report_dedupe=dedupe, files=tuple(self.files))
 
     def _rules(self, node: Node | None, default_mode: Mode) -> list[HostRule] | None:
         if node is None:
@@ -293,6 +294,7 @@ class _Parser:
                                        "signature would not cover the file); write the pins")
                     return None
                 path = self.base_dir / text.removeprefix("file:").strip()
+                self.files[str(path)] = None
                 try:
                     data = read_regular(path)
                 except OSError as e:

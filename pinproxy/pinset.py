@@ -107,6 +107,7 @@ class Pinset:
     valid_until: datetime | None = None  # timezone-aware
     report_uri: str | None = None
     report_dedupe: float = DEFAULT_REPORT_DEDUPE
+    files: tuple[str, ...] = field(default=(), compare=False)  # read for `file:` pins: watched
     _exact: dict[str, HostRule] = field(init=False, repr=False, compare=False)
     _one_label: dict[str, HostRule] = field(init=False, repr=False, compare=False)
     _apex_and_below: dict[str, HostRule] = field(init=False, repr=False, compare=False)

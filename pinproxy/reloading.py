@@ -76,6 +76,8 @@ class CurrentPinset:
         self.signature: FileSignature | None = None
         self.sha256: str | None = None  # of the file's bytes as read just before loading
         self.loaded_at: dt.datetime | None = None
+        self.attempts = 0  # loads begun, good or bad: a file watcher tells them apart by this
+        self.read_signature: FileSignature | None = None  # the file's, just before the last read
         self._loading = False  # a background load is running
         self._next: str | None = None  # the path asked for while it ran
 
@@ -93,6 +95,7 @@ class CurrentPinset:
         signature = file_signature(path)
         if not force and signature is not None and signature == self.signature:
             return False
+        self._begin(signature)
         digest = file_sha256(path)
         try:
             pinset = self._load(path)
@@ -106,7 +109,8 @@ class CurrentPinset:
         """Load `path` in a thread and put it in force; the event loop keeps running meanwhile.
 
         A file that fails to load is logged and changes nothing. Loads asked for while one runs
-        are merged into one more, of the last path asked for.
+        are merged into one more, of the last path asked for; so is a file written to while it
+        was read (what was read may be torn), instead of being put in force.
         """
         if self._loading:
             self._next = path
@@ -117,6 +121,7 @@ class CurrentPinset:
             while next_path is not None:
                 self._next = None
                 signature = file_signature(next_path)  # before reading: a later change reloads
+                self._begin(signature)
                 try:
                     digest = await asyncio.to_thread(file_sha256, next_path)
                     pinset = await asyncio.to_thread(self._load, next_path)
@@ -124,7 +129,14 @@ class CurrentPinset:
                     logger.error("pinproxy pinset reload failed: %s%s", e, self.kept_note)
                     self._failed(e)
                 else:
-                    self._install(pinset, next_path, signature, digest)
+                    if file_signature(next_path) != signature and self._next is None:
+                        # Written to while read: what was read may be torn (a truncated
+                        # pinset can be valid and weaker). Read it again; keep the old meanwhile.
+                        logger.info("pinproxy: pinset %s changed while being read; reading it "
+                                    "again", next_path)
+                        self._next = next_path
+                    else:
+                        self._install(pinset, next_path, signature, digest)
                 next_path = self._next
         finally:
             self._loading = False
@@ -133,6 +145,10 @@ class CurrentPinset:
         """Put an already validated pinset in force (a verified signed pinset, `--pinset-url`):
         the same swap, and the same `on_install`, as a file load."""
         self._install(pinset, source, None, sha256)
+
+    def _begin(self, signature: FileSignature | None) -> None:
+        self.attempts += 1
+        self.read_signature = signature
 
     def _failed(self, error: Exception) -> None:
         if self._on_failure is not None:

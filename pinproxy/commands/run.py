@@ -187,6 +187,7 @@ FLAGS: tuple[Flag, ...] = (
          "connection (default: %(default)s)", choices=("keep", "report", "block")),
     Flag("learn_file", _nonempty, "the pins learned on first use for 'mode: learn' and "
          "'unpinned: learn' (like SSH's known_hosts)", "PATH"),
+    Flag("no_watch", None, "reload the pinset only on SIGHUP, not when its files change"),
 )
 
 

@@ -25,6 +25,7 @@ from pinproxy.proxy.learning import LearnState
 from pinproxy.proxy.master import build_master
 from pinproxy.proxy.remote import RemotePinset, RemoteSettings, StaleConnections
 from pinproxy.remote import parse_pubkey
+from pinproxy.watching import start_watching
 
 __all__ = ["serve"]
 
@@ -105,6 +106,8 @@ async def serve(config: RunConfig, worker: str = "",
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
+    if not (config.no_watch or config.pinset_url):  # and when its files change (per worker)
+        reloads.add(start_watching(config.pinset, addon.pinsets, addon.reload_in_background))
     admin = _start_admin(config, addon) if not worker else None
     # What start-up made, the pinset above all, lives as long as the process (or until a
     # reload): out of the cycle collector's full scans, which would walk a big pinset's

@@ -16,7 +16,9 @@ logged: a later fix of the file brings it back without anyone restarting the ser
 start-up, when every worker has exited before any said it was ready, does the supervisor give
 up, with the first worker's exit status: then nothing would ever serve.
 
-It relays SIGHUP (reload) to every worker. SIGTERM drains: the supervisor stops restarting,
+It relays SIGHUP (reload) to every worker; a change of the pinset's files each worker sees for
+itself (`pinproxy.watching`), as only a worker knows which `file:` pins its pinset read.
+SIGTERM drains: the supervisor stops restarting,
 turns not-ready, relays SIGTERM and waits up to the drain timeout plus a margin before killing
 what is left; SIGINT (and a second SIGTERM) is relayed too, and the workers stop at once.
 
@@ -45,8 +47,11 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
+from pinproxy.config import RunConfig
 from pinproxy.errors import PinproxyError
 from pinproxy.reloading import file_sha256
+from pinproxy.watching import INTERVAL as WATCH_INTERVAL
+from pinproxy.watching import Changes, Seen, snapshot
 
 __all__ = ["enable_reuse_port", "metrics_directory", "reserve_port", "supervise",
            "validate_pinset"]
@@ -175,10 +180,16 @@ class Supervisor:
         self._all_ready_once = False  # every worker has been ready: the service is up
         self._any_ready_once = False  # some worker has been ready: the configuration works
         self._pinset_info: Mapping[str, Any] | None = None
+        # Each worker watches the pinset's files itself (only a worker knows its `file:` pins);
+        # the supervisor watches the file only to keep /pinset's SHA-256 true.
+        self._changes = None if RunConfig.from_json(config).no_watch else Changes()
+        self._next_poll = 0.0
         self._restarts = Counter("pinproxy_worker_restarts_total",
                                  "Workers the supervisor restarted after they died",
                                  registry=CollectorRegistry())  # counted through the directory
         self._hash_pinset()
+        if self._changes is not None:
+            self._changes.rebase(snapshot([pinset]))
 
     # -- AdminSource -----------------------------------------------------------------------
 
@@ -267,6 +278,12 @@ class Supervisor:
             self._reload = False
             self._hash_pinset()
             self._send_all(signal.SIGHUP)
+        if self._changes is not None and time.monotonic() >= self._next_poll:
+            self._next_poll = time.monotonic() + WATCH_INTERVAL
+            files = snapshot([self._pinset_path])
+            if self._changes.observe(files) is Seen.CHANGED:
+                self._changes.rebase(files)
+                self._hash_pinset()
         fds = [w.status for w in self._workers if w.status is not None]
         try:
             readable, _, _ = select.select(fds, [], [], _TICK) if fds else ([], [], [])
