@@ -15,7 +15,7 @@ from enum import StrEnum
 from pinproxy.hostnames import is_ip_literal, parent_domains
 from pinproxy.pins import Pin
 
-__all__ = ["HostRule", "Location", "Mode", "Pinset", "Unpinned"]
+__all__ = ["HostRule", "Location", "Mode", "OnExpiry", "Pinset", "Unpinned"]
 
 
 class Mode(StrEnum):
@@ -29,6 +29,19 @@ class Unpinned(StrEnum):
     """What happens to a host that no rule covers."""
 
     ALLOW = "allow"
+    BLOCK = "block"
+
+
+class OnExpiry(StrEnum):
+    """What a rule past its `expires` date does to the connections it covers.
+
+    allow: nothing (the rule is skipped, the fail-open of other pinning systems); report: they
+    go through, each one reported; block: they are refused. Never weaker than allow: a name
+    an expired rule covers is still decided by the next rule, or by `unpinned`.
+    """
+
+    ALLOW = "allow"
+    REPORT = "report"
     BLOCK = "block"
 
 
@@ -53,7 +66,8 @@ class HostRule:
 
     `host` is normalised; a wildcard is spelled `*.example.com`. `pins` are distinct, in the
     order written (a tuple: a 100 000-rule pinset would spend 16 MB more on frozensets).
-    `expires` is the last day (UTC) on which the rule is enforced.
+    `expires` is the last day (UTC) on which the rule is enforced; `on_expiry` what it does
+    after that day.
     """
 
     host: str
@@ -62,6 +76,7 @@ class HostRule:
     include_subdomains: bool = False
     mode: Mode = Mode.ENFORCE
     expires: date | None = None
+    on_expiry: OnExpiry = OnExpiry.REPORT
 
     @property
     def is_wildcard(self) -> bool:
@@ -94,6 +109,7 @@ class Pinset:
     unpinned: Unpinned = Unpinned.ALLOW
     serial: int | None = None
     valid_until: datetime | None = None  # timezone-aware
+    on_expiry: OnExpiry = OnExpiry.REPORT  # of rules that do not set their own
     _exact: dict[str, HostRule] = field(init=False, repr=False, compare=False)
     _one_label: dict[str, HostRule] = field(init=False, repr=False, compare=False)
     _apex_and_below: dict[str, HostRule] = field(init=False, repr=False, compare=False)

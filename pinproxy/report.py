@@ -18,12 +18,13 @@ from typing import Any
 from pinproxy.errors import shorten
 from pinproxy.files import PartialWriteError, write_all
 from pinproxy.pins import CertificatePins, PinKind
-from pinproxy.pinset import Pinset
+from pinproxy.pinset import HostRule, Mode, OnExpiry, Pinset
 from pinproxy.policy import Decision, Reason
 
 __all__ = [
     "ReportLog",
     "decision_fields",
+    "expiry_note",
     "log_line",
     "pinset_summary",
     "refusal_page",
@@ -41,6 +42,8 @@ _EXPLANATIONS = {
     Reason.INVALID_HOST: "the host name is not valid",
     Reason.INTERNAL_ERROR: "the pin check failed with an error, so the connection was denied",
     Reason.PIN_MATCHED: "a pinned key is in the verified chain",
+    Reason.RULE_EXPIRED: "the host's rule is past its 'expires' date, and its 'on_expiry' "
+    "reports or refuses the connections it covers; renew the rule (new 'expires')",
 }
 
 
@@ -86,6 +89,15 @@ def _text(key: str, value: str | int | None) -> str:
     if key == "detail":
         return json.dumps(value)
     return _value(str(value)) if key in ("host", "rule") else str(value)
+
+
+def expiry_note(rule: HostRule) -> str:
+    """What the once-per-rule "expired" warning adds for the rule's `on_expiry`."""
+    if rule.on_expiry is OnExpiry.ALLOW:
+        return " (on_expiry: allow)"
+    done = ("refused" if rule.on_expiry is OnExpiry.BLOCK and rule.mode is Mode.ENFORCE
+            else "reported")
+    return f" (on_expiry: {rule.on_expiry}): every connection it covers is {done}"
 
 
 def refusal_page(decision: Decision) -> str:
@@ -149,6 +161,7 @@ def pinset_summary(pinset: Pinset, path: str | None, sha256: str | None,
                       if loaded_at is not None else None),
         "mode": pinset.mode.value,
         "unpinned": pinset.unpinned.value,
+        "on_expiry": pinset.on_expiry.value,
         "pin_count": pinset.pin_count,
         "serial": pinset.serial,
         "valid_until": (pinset.valid_until.isoformat() if pinset.valid_until is not None
@@ -159,6 +172,7 @@ def pinset_summary(pinset: Pinset, path: str | None, sha256: str | None,
             "mode": rule.mode.value,
             "pins": [str(pin) for pin in rule.pins],
             "expires": rule.expires.isoformat() if rule.expires is not None else None,
+            "on_expiry": rule.on_expiry.value,
             "location": str(rule.location),
         } for rule in pinset.rules],
     }
