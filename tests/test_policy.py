@@ -153,16 +153,14 @@ def test_an_enforce_rule_in_a_report_mode_pinset_still_blocks() -> None:
     (TODAY - timedelta(days=1), Action.ALLOW),  # from the next day on, the rule is skipped
 ], ids=["tomorrow", "today", "yesterday"])
 def test_expires_is_the_last_enforced_day(expires: date, action: Action) -> None:
-    host_rule = rule(HOST, {good_chain()[2].spki}, expires=expires,
-             on_expiry=OnExpiry.ALLOW)
+    host_rule = rule(HOST, {good_chain()[2].spki}, expires=expires, on_expiry=OnExpiry.ALLOW)
     decision = decide(pinset(host_rule), [HOST], rogue_chain(), TODAY)
     assert decision.action is action
     assert decision.expired == (() if action is Action.BLOCK else (host_rule,))
 
 
 def test_an_expired_rule_falls_through_to_a_less_specific_live_rule() -> None:
-    old = rule(HOST, {BACKUP}, line=3, expires=TODAY - timedelta(days=1),
-             on_expiry=OnExpiry.ALLOW)
+    old = rule(HOST, {BACKUP}, line=3, expires=TODAY - timedelta(days=1), on_expiry=OnExpiry.ALLOW)
     parent = rule("example", {good_chain()[2].spki}, line=7, include_subdomains=True)
     allowed = decide(pinset(old, parent), [HOST], good_chain(), TODAY)
     assert (allowed.action, allowed.rule, allowed.expired) == (Action.ALLOW, parent, (old,))
@@ -179,7 +177,7 @@ def test_an_expired_rule_falls_through_to_a_less_specific_live_rule() -> None:
 def test_an_expired_rule_leaves_the_host_to_the_unpinned_policy(unpinned: Unpinned,
                                                                  action: Action) -> None:
     old = rule(HOST, {good_chain()[2].spki}, expires=TODAY - timedelta(days=30),
-             on_expiry=OnExpiry.ALLOW)
+               on_expiry=OnExpiry.ALLOW)
     decision = decide(pinset(old, unpinned=unpinned), [HOST], good_chain(), TODAY)
     assert (decision.action, decision.reason) == (action, Reason.NOT_PINNED)
     assert decision.rule is None and decision.expired == (old,)
@@ -353,8 +351,7 @@ def test_refuse_unchecked_denies_a_handshake_without_a_verdict() -> None:
 # -- a request on a connection that passed (or had no) check --------------------------------
 
 ROOT = good_chain()[2].spki
-EXPIRED = rule(HOST, {ROOT}, line=3, expires=TODAY - timedelta(days=1),
-             on_expiry=OnExpiry.ALLOW)
+EXPIRED = rule(HOST, {ROOT}, line=3, expires=TODAY - timedelta(days=1), on_expiry=OnExpiry.ALLOW)
 PINNED = pinset(rule(HOST, {ROOT}), rule("cdn.example", {ROOT}, line=6))
 
 
@@ -507,7 +504,7 @@ def test_authority_host(authority: str, host: str) -> None:
 def test_an_unpinned_refusal_keeps_chain_host_and_expired_rules(mode: Mode,
                                                                 action: Action) -> None:
     old = rule("other.example", {BACKUP}, expires=TODAY - timedelta(days=1),
-             on_expiry=OnExpiry.ALLOW)
+               on_expiry=OnExpiry.ALLOW)
     rules = pinset(old, mode=mode, unpinned=Unpinned.BLOCK)
     decision = decide(rules, ["Other.Example."], good_chain(), TODAY)
     assert decision == Decision(action, Reason.NOT_PINNED, "other.example", None, good_chain(),
@@ -534,8 +531,7 @@ def test_a_connection_naming_no_host_keeps_the_chain() -> None:
                                               (Mode.REPORT, Action.REPORT)])
 def test_a_plaintext_refusal_keeps_host_rule_and_expired_rules(mode: Mode,
                                                                action: Action) -> None:
-    old = rule(HOST, {BACKUP}, expires=TODAY - timedelta(days=1),
-             on_expiry=OnExpiry.ALLOW)
+    old = rule(HOST, {BACKUP}, expires=TODAY - timedelta(days=1), on_expiry=OnExpiry.ALLOW)
     parent = rule("example", {BACKUP}, line=6, include_subdomains=True, mode=mode)
     decision = decide_plaintext(pinset(old, parent), "API.example", TODAY)
     assert decision == Decision(action, Reason.PLAINTEXT, HOST, parent, (), None, (old,))
@@ -547,8 +543,7 @@ def test_a_plaintext_refusal_keeps_host_rule_and_expired_rules(mode: Mode,
 # -- survivors of `make mutation` (docs/testing.md) ----------------------------------------
 
 def test_decide_handshake_judges_expiry_on_the_day_given() -> None:
-    old = rule(HOST, {BACKUP}, expires=TODAY - timedelta(days=1),
-             on_expiry=OnExpiry.ALLOW)
+    old = rule(HOST, {BACKUP}, expires=TODAY - timedelta(days=1), on_expiry=OnExpiry.ALLOW)
     lapsed = decide_handshake(pinset(old), [HOST], rogue_chain(), TODAY)
     assert (lapsed.action, lapsed.reason, lapsed.expired) == (Action.ALLOW, Reason.NOT_PINNED,
                                                               (old,))
