@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pinproxy.formats import export_pinset
 from pinproxy.loader import load_pinset, parse_pinset
 from pinproxy.pins import Pin, PinKind
 from pinproxy.pinset import HostRule, Location, Mode, OnExpiry, Pinset, Unpinned
@@ -137,6 +138,21 @@ def test_render_writes_on_expiry_back_only_where_it_differs() -> None:
     plain = render_loaded(parse_pinset(f"version: 1\nhosts:\n  - host: a.example\n"
                                        f"    pins: ['{P}']\n", "t.yaml"))
     assert "on_expiry" not in plain
+
+
+@pytest.mark.parametrize("on_expiry", ["report", "block"])
+def test_android_export_notes_that_android_fails_open_after_expiration(on_expiry: str) -> None:
+    text = (f"version: 1\non_expiry: {on_expiry}\nhosts:\n  - host: a.example\n"
+            f"    expires: 2027-06-29\n    pins: ['{P}', '{chain()[1].spki}']\n")
+    exported = export_pinset(parse_pinset(text, "t.yaml"), "android")
+    assert [str(n) for n in exported.notices] == [
+        f"t.yaml:4: note: a.example: after 2027-06-29 Android stops pinning silently; the "
+        f"pinset's on_expiry: {on_expiry} cannot be expressed"]
+    assert not exported.lossy
+    # twin: on_expiry: allow is what Android does
+    allowed = export_pinset(parse_pinset(text.replace(on_expiry, "allow", 1), "t.yaml"),
+                            "android")
+    assert allowed.notices == ()
 
 
 # -- the policy: one expired rule ----------------------------------------------------------
