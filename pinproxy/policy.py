@@ -265,7 +265,7 @@ def _on_expiry(decision: Decision, expired: Sequence[HostRule],
         return decision
     rule = max(lapsed, key=_expiry_severity)  # the first (most specific) of the strictest
     action = _expiry_action(rule)
-    if _SEVERITY[action] <= _SEVERITY[decision.action] and decision.is_violation:
+    if _SEVERITY[action] <= _SEVERITY[decision.action]:  # a violation as severe stands
         return decision
     matched = _first_match(rule, chain)
     still = ("" if not chain else "; its pins still match the chain" if matched

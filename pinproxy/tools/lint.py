@@ -186,7 +186,8 @@ def _overlaps(pinset: Pinset, rule: HostRule, today: date) -> Iterator[Finding]:
     Only the next rule in precedence is compared, from the winning rule's side; that rule is
     compared with its own next one in turn, so a chain of three rules gives two findings, not
     three, and the work per rule is one or two `candidates` walks (O(labels)). Expired rules
-    decide nothing (the proxy skips them, as `policy.decide` does): they get `expired` only.
+    check no pins (`policy.decide` passes over them; their `on_expiry` can only add a report or
+    a refusal): they get `expired` only.
     """
     if rule.expired(today):
         return
