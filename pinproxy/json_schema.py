@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from pinproxy.pinset import Mode, Unpinned
+from pinproxy.pinset import Mode, OnExpiry, Unpinned
 
 __all__ = ["PINSET_SCHEMA", "SCHEMA_DIALECT"]
 
@@ -114,6 +114,17 @@ def _mode(what: str) -> dict[str, Any]:
     }
 
 
+def _on_expiry(what: str) -> dict[str, Any]:
+    return {
+        "description": f"What a rule past its 'expires' date does {what}. allow: it is skipped "
+                       "(its names fall to the next rule, or to 'unpinned'). report: every "
+                       "connection it covers goes through and is logged and reported as "
+                       "rule-expired. block: every such connection is refused as rule-expired "
+                       "(reported only, under mode: report).",
+        "enum": [choice.value for choice in OnExpiry],
+    }
+
+
 PINSET_SCHEMA: Final[dict[str, Any]] = {
     "$schema": SCHEMA_DIALECT,
     "title": "pinproxy pinset, version 1",
@@ -140,6 +151,8 @@ PINSET_SCHEMA: Final[dict[str, Any]] = {
             "enum": [choice.value for choice in Unpinned],
             "default": Unpinned.ALLOW.value,
         },
+        "on_expiry": {**_on_expiry("for every rule that does not set its own 'on_expiry'"),
+                      "default": OnExpiry.REPORT.value},
         "serial": {
             "description": "The pinset's version number, for a signed pinset fetched with "
                            "--pinset-url: the proxy refuses a fetched pinset whose serial is "
@@ -200,7 +213,8 @@ PINSET_SCHEMA: Final[dict[str, Any]] = {
                 },
                 "expires": {
                     "description": "The last day (UTC), YYYY-MM-DD, on which this rule is "
-                                   "enforced; after it the pins are no longer checked.",
+                                   "enforced; after it the pins are no longer checked, and "
+                                   "'on_expiry' says what happens.",
                     "type": "string",
                     "format": "date",
                     "pattern": _DATE_PATTERN,
@@ -216,6 +230,7 @@ PINSET_SCHEMA: Final[dict[str, Any]] = {
                 },
                 "report_uri": _report_uri("of this rule (default: the pinset's "
                                           "'report_uri')"),
+                "on_expiry": _on_expiry("(default: the pinset's 'on_expiry')"),
             },
             "allOf": [
                 {"if": {"required": ["host"], "properties": {"host": {"pattern": _IP_PATTERN}}},

@@ -21,7 +21,15 @@ from pinproxy.errors import PinproxyError, PinsetError, Problem, quote
 from pinproxy.files import open_regular, read_regular
 from pinproxy.hostnames import parse_host_pattern
 from pinproxy.pins import Pin, parse_pin, read_pem_or_der
-from pinproxy.pinset import DEFAULT_REPORT_DEDUPE, HostRule, Location, Mode, Pinset, Unpinned
+from pinproxy.pinset import (
+    DEFAULT_REPORT_DEDUPE,
+    HostRule,
+    Location,
+    Mode,
+    OnExpiry,
+    Pinset,
+    Unpinned,
+)
 from pinproxy.reporting import parse_report_uri
 
 __all__ = ["MAX_SERIAL", "format_duration", "load_pinset", "parse_day", "parse_duration",
@@ -32,9 +40,9 @@ _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")  # fromisoformat alone also takes 20271
 _TIMESTAMP_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?"
                              r"(?:[Zz]|[+-]\d{2}:\d{2})")
 _TOP_KEYS = {"version", "mode", "unpinned", "hosts", "serial", "valid_until", "report_uri",
-             "report_dedupe"}
+             "report_dedupe", "on_expiry"}
 MAX_SERIAL = 2**63 - 1
-_RULE_KEYS = {"host", "pins", "include_subdomains", "expires", "mode", "report_uri"}
+_RULE_KEYS = {"host", "pins", "include_subdomains", "expires", "mode", "report_uri", "on_expiry"}
 _LEARN = "learn"  # a rule's `mode: learn`: trust on first use (pinproxy.learned)
 _DURATION = re.compile(r"(\d{1,9})([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -117,6 +125,7 @@ class _Parser:
         self.first_line: dict[str, int] = {}  # host -> line of its rule, to report a second
         self.inheriting: list[int] = []  # rules without `mode:`; they take the pinset's
         self.files: dict[str, None] = {}  # files read for `file:` pins, in order
+        self.inheriting_expiry: list[int] = []  # rules without `on_expiry:`, likewise
 
     def problem(self, node: Node | int, message: str) -> None:
         self.problems.append((node if isinstance(node, int) else node.line, message))
@@ -172,14 +181,18 @@ class _Parser:
                                   "this pinproxy reads version 1")
         mode = self._choice(fields.get("mode"), "'mode'", Mode, Mode.ENFORCE)
         unpinned = self._choice(fields.get("unpinned"), "'unpinned'", Unpinned, Unpinned.ALLOW)
+        on_expiry = self._choice(fields.get("on_expiry"), "'on_expiry'", OnExpiry,
+                                 OnExpiry.REPORT)
         serial = self._serial(fields["serial"]) if "serial" in fields else None
         valid_until = (self._valid_until(fields["valid_until"]) if "valid_until" in fields
                        else None)
-        rules = self._rules(fields.get("hosts"), mode or Mode.ENFORCE)
+        rules = self._rules(fields.get("hosts"), mode or Mode.ENFORCE,
+                            on_expiry or OnExpiry.REPORT)
         report_uri = self._report_uri(fields["report_uri"]) if "report_uri" in fields else None
         dedupe = (self._dedupe(fields["report_dedupe"]) if "report_dedupe" in fields
                   else DEFAULT_REPORT_DEDUPE)
-        if mode is None or unpinned is None or rules is None or dedupe is None:
+        if mode is None or unpinned is None or on_expiry is None or rules is None \
+                or dedupe is None:
             return None
         if ("serial" in fields and serial is None) or (
                 "valid_until" in fields and valid_until is None):
@@ -188,9 +201,10 @@ class _Parser:
             return None
         return Pinset(rules=tuple(rules), source=self.source, mode=mode, unpinned=unpinned,
                       serial=serial, valid_until=valid_until, report_uri=report_uri,
-                      report_dedupe=dedupe, files=tuple(self.files))
+                      report_dedupe=dedupe, files=tuple(self.files), on_expiry=on_expiry)
 
-    def _rules(self, node: Node | None, default_mode: Mode) -> list[HostRule] | None:
+    def _rules(self, node: Node | None, default_mode: Mode,
+               default_on_expiry: OnExpiry) -> list[HostRule] | None:
         if node is None:
             return None
         if not isinstance(node, Sequence):
@@ -201,13 +215,16 @@ class _Parser:
         if default_mode is not Mode.ENFORCE:
             for index in self.inheriting:
                 self.rules[index] = replace(self.rules[index], mode=default_mode)
+        if default_on_expiry is not OnExpiry.REPORT:
+            for index in self.inheriting_expiry:
+                self.rules[index] = replace(self.rules[index], on_expiry=default_on_expiry)
         return self.rules
 
     def _add_rule(self, node: Node) -> None:
         found = self._rule(node)
         if found is None:
             return
-        rule, inherits_mode = found
+        rule, inherits_mode, inherits_expiry = found
         if rule.host in self.first_line:
             self.problem(node, f"host {quote(rule.host)} has a second rule; "
                                f"the first is at line {self.first_line[rule.host]}")
@@ -215,10 +232,13 @@ class _Parser:
         self.first_line[rule.host] = node.line
         if inherits_mode:
             self.inheriting.append(len(self.rules))
+        if inherits_expiry:
+            self.inheriting_expiry.append(len(self.rules))
         self.rules.append(rule)
 
-    def _rule(self, node: Node) -> tuple[HostRule, bool] | None:
-        """A rule, and whether it takes the pinset's mode (not known yet while streaming)."""
+    def _rule(self, node: Node) -> tuple[HostRule, bool, bool] | None:
+        """A rule, and whether it takes the pinset's mode and on_expiry (not known yet while
+        streaming)."""
         fields = self._mapping(node, "a host rule", _RULE_KEYS, required=("host",))
         if fields is None:
             return None
@@ -242,16 +262,19 @@ class _Parser:
         expires = self._date(fields["expires"]) if "expires" in fields else None
         mode = (Mode.ENFORCE if learn else
                 self._choice(fields.get("mode"), "'mode'", Mode, Mode.ENFORCE))
+        on_expiry = self._choice(fields.get("on_expiry"), "'on_expiry'", OnExpiry,
+                                 OnExpiry.REPORT)
         report_uri = self._report_uri(fields["report_uri"]) if "report_uri" in fields else None
-        if host is None or pins is None or include_subdomains is None or mode is None:
+        if host is None or pins is None or include_subdomains is None or mode is None \
+                or on_expiry is None:
             return None
         if ("expires" in fields and expires is None) or (
                 "report_uri" in fields and report_uri is None):
             return None
         rule = HostRule(host=host, pins=pins, location=Location(self.source, node.line),
                         include_subdomains=include_subdomains, mode=mode, expires=expires,
-                        report_uri=report_uri, learn=learn)
-        return rule, "mode" not in fields
+                        report_uri=report_uri, learn=learn, on_expiry=on_expiry)
+        return rule, "mode" not in fields, "on_expiry" not in fields
 
     # -- values ----------------------------------------------------------------------------
 
@@ -377,7 +400,7 @@ class _Parser:
             self.problem(node, f"{what} must be true or false, not {quote(shown)}")
         return None
 
-    def _choice[E: (Mode, Unpinned)](
+    def _choice[E: (Mode, Unpinned, OnExpiry)](
         self, node: Node | None, what: str, choices: type[E], default: E
     ) -> E | None:
         if node is None:

@@ -15,7 +15,8 @@ from enum import StrEnum
 from pinproxy.hostnames import is_ip_literal, parent_domains
 from pinproxy.pins import Pin
 
-__all__ = ["DEFAULT_REPORT_DEDUPE", "HostRule", "Location", "Mode", "Pinset", "Unpinned"]
+__all__ = ["DEFAULT_REPORT_DEDUPE", "HostRule", "Location", "Mode", "OnExpiry", "Pinset",
+           "Unpinned"]
 
 
 class Mode(StrEnum):
@@ -31,6 +32,19 @@ class Unpinned(StrEnum):
     ALLOW = "allow"
     BLOCK = "block"
     LEARN = "learn"  # trust on first use, for every host (pinproxy.learned)
+
+
+class OnExpiry(StrEnum):
+    """What a rule past its `expires` date does to the connections it covers.
+
+    allow: nothing (the rule is skipped, the fail-open of other pinning systems); report: they
+    go through, each one reported; block: they are refused. Never weaker than allow: a name
+    an expired rule covers is still decided by the next rule, or by `unpinned`.
+    """
+
+    ALLOW = "allow"
+    REPORT = "report"
+    BLOCK = "block"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +68,11 @@ class HostRule:
 
     `host` is normalised; a wildcard is spelled `*.example.com`. `pins` are distinct, in the
     order written (a tuple: a 100 000-rule pinset would spend 16 MB more on frozensets).
-    `expires` is the last day (UTC) on which the rule is enforced. `report_uri` is the
-    collector of this rule's violation reports (None: the pinset's). A `learn` rule (`mode:
-    learn`, trust on first use) has no pins: each host it covers is enforced against the pins
-    learned from its first verified chain (`pinproxy.learned`); its `mode` is ENFORCE.
+    `expires` is the last day (UTC) on which the rule is enforced; `on_expiry` what it does
+    after that day. `report_uri` is the collector of this rule's violation reports (None: the
+    pinset's). A `learn` rule (`mode: learn`, trust on first use) has no pins: each host it
+    covers is enforced against the pins learned from its first verified chain
+    (`pinproxy.learned`); its `mode` is ENFORCE.
     """
 
     host: str
@@ -68,6 +83,7 @@ class HostRule:
     expires: date | None = None
     report_uri: str | None = None
     learn: bool = False
+    on_expiry: OnExpiry = OnExpiry.REPORT
 
     @property
     def is_wildcard(self) -> bool:
@@ -108,6 +124,7 @@ class Pinset:
     report_uri: str | None = None
     report_dedupe: float = DEFAULT_REPORT_DEDUPE
     files: tuple[str, ...] = field(default=(), compare=False)  # read for `file:` pins: watched
+    on_expiry: OnExpiry = OnExpiry.REPORT  # of rules that do not set their own
     _exact: dict[str, HostRule] = field(init=False, repr=False, compare=False)
     _one_label: dict[str, HostRule] = field(init=False, repr=False, compare=False)
     _apex_and_below: dict[str, HostRule] = field(init=False, repr=False, compare=False)

@@ -26,7 +26,7 @@ from pinproxy.errors import HostnameError
 from pinproxy.hostnames import authority_host, is_ip_literal, normalize_host
 from pinproxy.learned import NOTHING_LEARNED, Learned
 from pinproxy.pins import CertificatePins, Pin
-from pinproxy.pinset import HostRule, Mode, Pinset, Unpinned
+from pinproxy.pinset import HostRule, Mode, OnExpiry, Pinset, Unpinned
 
 __all__ = [
     "Action",
@@ -63,6 +63,7 @@ class Reason(StrEnum):
     UPSTREAM_TIMEOUT = "upstream-timeout"
     FIRST_USE = "learned-on-first-use"  # the adapter records the chain's pins
     LEARN_FULL = "learn-file-full"
+    RULE_EXPIRED = "rule-expired"  # a rule past `expires` with on_expiry report or block
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +71,9 @@ class Decision:
     """The outcome for one connection, with everything a log line, 502 page or report needs.
 
     `host` and `rule` belong to the name that decided: the first that blocked, else the first
-    reported, else the first checked. `expired` lists rules skipped because they had expired.
+    reported, else the first checked. `expired` lists the expired rules passed over on the way
+    to that decision (whatever their `on_expiry`); with `Reason.RULE_EXPIRED`, `rule` is the
+    expired rule and `matched` whether its pins would still have matched.
     """
 
     action: Action
@@ -119,9 +122,10 @@ def decide(
 def decide_plaintext(pinset: Pinset, name: str, today: date,
                      learned: Learned = NOTHING_LEARNED) -> Decision:
     """Plain `http://` cannot be pinned: refuse it for any host a live rule covers, and for a
-    host `unpinned: learn` has learned (plaintext never learns anything)."""
+    host `unpinned: learn` has learned (plaintext never learns anything); a host an expired
+    rule covers is decided by its `on_expiry`."""
     decision = _decide_name(pinset, name, (), today, learned)
-    if decision.rule is None:
+    if decision.rule is None or decision.reason is Reason.RULE_EXPIRED:
         if decision.reason is Reason.PIN_MISMATCH:  # learned under `unpinned: learn`
             return replace(decision, reason=Reason.PLAINTEXT, detail="")
         if decision.reason in (Reason.FIRST_USE, Reason.LEARN_FULL):
@@ -244,24 +248,70 @@ def _decide_name(
     except HostnameError as e:
         return Decision(Action.BLOCK, Reason.INVALID_HOST, name, None, chain, detail=str(e))
     expired: list[HostRule] = []
+    decision = None
     for rule in pinset.candidates(host):
         if rule.expired(today):
             expired.append(rule)
             continue
         if rule.learn:
-            return _decide_learned(host, rule, chain, learned, tuple(expired))
-        matched = _first_match(rule, chain)
-        if matched is not None:
-            return Decision(Action.ALLOW, Reason.PIN_MATCHED, host, rule, chain, matched,
-                            tuple(expired))
-        return Decision(_action(rule.mode), Reason.PIN_MISMATCH, host, rule, chain,
-                        expired=tuple(expired))
-    if pinset.unpinned is Unpinned.BLOCK:
-        return Decision(_action(pinset.mode), Reason.NOT_PINNED, host, None, chain,
-                        expired=tuple(expired))
-    if pinset.unpinned is Unpinned.LEARN and not is_ip_literal(host):
-        return _decide_learned(host, None, chain, learned, tuple(expired))
-    return Decision(Action.ALLOW, Reason.NOT_PINNED, host, None, chain, expired=tuple(expired))
+            decision = _decide_learned(host, rule, chain, learned, tuple(expired))
+        else:
+            decision = _decide_rule(rule, host, chain, tuple(expired))
+        break
+    if decision is None:
+        if pinset.unpinned is Unpinned.LEARN and not is_ip_literal(host):
+            decision = _decide_learned(host, None, chain, learned, tuple(expired))
+        else:
+            action = (_action(pinset.mode) if pinset.unpinned is Unpinned.BLOCK
+                      else Action.ALLOW)
+            decision = Decision(action, Reason.NOT_PINNED, host, None, chain,
+                                expired=tuple(expired))
+    return _on_expiry(decision, expired, chain)
+
+
+def _decide_rule(rule: HostRule, host: str, chain: tuple[CertificatePins, ...],
+                 expired: tuple[HostRule, ...]) -> Decision:
+    matched = _first_match(rule, chain)
+    if matched is not None:
+        return Decision(Action.ALLOW, Reason.PIN_MATCHED, host, rule, chain, matched, expired)
+    return Decision(_action(rule.mode), Reason.PIN_MISMATCH, host, rule, chain,
+                    expired=expired)
+
+
+def _on_expiry(decision: Decision, expired: Sequence[HostRule],
+               chain: tuple[CertificatePins, ...]) -> Decision:
+    """What the expired rules more specific than the deciding one add to its decision.
+
+    Each is skipped as if absent (`allow`), so `decision` stands; `report` and `block` only
+    make it stricter: a decision that lets the connection through becomes a `rule-expired`
+    report (`report`) or refusal (`block`, only reported under `mode: report`, as every
+    violation of such a rule is). A violation of the deciding rule (or of `unpinned: block`)
+    that is at least as severe stands with its own reason. The expired rule is judged whether
+    or not its pins still match: it is past its date either way, and must be renewed.
+    """
+    lapsed = [rule for rule in expired if rule.on_expiry is not OnExpiry.ALLOW]
+    if not lapsed:
+        return decision
+    rule = max(lapsed, key=_expiry_severity)  # the first (most specific) of the strictest
+    action = _expiry_action(rule)
+    if _SEVERITY[action] <= _SEVERITY[decision.action]:  # a violation as severe stands
+        return decision
+    matched = _first_match(rule, chain)
+    still = ("" if not chain else "; its pins still match the chain" if matched
+             else "; its pins do not match the chain either")
+    return Decision(action, Reason.RULE_EXPIRED, decision.host, rule, chain, matched,
+                    decision.expired,
+                    f"the rule expired after {rule.expires} (on_expiry: {rule.on_expiry}){still}")
+
+
+def _expiry_action(rule: HostRule) -> Action:
+    if rule.on_expiry is OnExpiry.BLOCK:
+        return _action(rule.mode)
+    return Action.REPORT if rule.on_expiry is OnExpiry.REPORT else Action.ALLOW
+
+
+def _expiry_severity(rule: HostRule) -> int:
+    return _SEVERITY[_expiry_action(rule)]
 
 
 def _decide_learned(host: str, rule: HostRule | None, chain: tuple[CertificatePins, ...],

@@ -18,12 +18,13 @@ from typing import Any
 from pinproxy.errors import shorten
 from pinproxy.files import PartialWriteError, write_all
 from pinproxy.pins import CertificatePins, PinKind
-from pinproxy.pinset import Pinset
+from pinproxy.pinset import HostRule, Mode, OnExpiry, Pinset
 from pinproxy.policy import Decision, Reason
 
 __all__ = [
     "ReportLog",
     "decision_fields",
+    "expiry_note",
     "log_line",
     "pinset_summary",
     "refusal_page",
@@ -45,6 +46,8 @@ _EXPLANATIONS = {
     Reason.PIN_MATCHED: "a pinned key is in the verified chain",
     Reason.FIRST_USE: "first verified chain for a host that learns its pins: they are learned",
     Reason.LEARN_FULL: "the learn file holds as many hosts as it may; a new host is not learned",
+    Reason.RULE_EXPIRED: "the host's rule is past its 'expires' date, and its 'on_expiry' "
+    "reports or refuses the connections it covers; renew the rule (new 'expires')",
 }
 
 
@@ -90,6 +93,15 @@ def _text(key: str, value: str | int | None) -> str:
     if key == "detail":
         return json.dumps(value)
     return _value(str(value)) if key in ("host", "rule") else str(value)
+
+
+def expiry_note(rule: HostRule) -> str:
+    """What the once-per-rule "expired" warning adds for the rule's `on_expiry`."""
+    if rule.on_expiry is OnExpiry.ALLOW:
+        return " (on_expiry: allow)"
+    done = ("refused" if rule.on_expiry is OnExpiry.BLOCK and rule.mode is Mode.ENFORCE
+            else "reported")
+    return f" (on_expiry: {rule.on_expiry}): every connection it covers is {done}"
 
 
 def refusal_page(decision: Decision) -> str:
@@ -155,6 +167,7 @@ def pinset_summary(pinset: Pinset, path: str | None, sha256: str | None,
                       if loaded_at is not None else None),
         "mode": pinset.mode.value,
         "unpinned": pinset.unpinned.value,
+        "on_expiry": pinset.on_expiry.value,
         "pin_count": pinset.pin_count,
         "serial": pinset.serial,
         "valid_until": (pinset.valid_until.isoformat() if pinset.valid_until is not None
@@ -165,6 +178,7 @@ def pinset_summary(pinset: Pinset, path: str | None, sha256: str | None,
             "mode": "learn" if rule.learn else rule.mode.value,
             "pins": [str(pin) for pin in rule.pins],
             "expires": rule.expires.isoformat() if rule.expires is not None else None,
+            "on_expiry": rule.on_expiry.value,
             "location": str(rule.location),
         } for rule in pinset.rules],
     }

@@ -89,7 +89,8 @@ def test_shipped_pinset_loads_and_says_what_it_holds() -> None:
 def test_a_clean_pinset_prints_only_the_summary_even_when_strict(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path, CLEAN)
-    summary = f"{path}: OK: 2 host rules, 4 pins, mode enforce, unpinned allow\n"
+    summary = (f"{path}: OK: 2 host rules, 4 pins, mode enforce, unpinned allow, "
+               "on_expiry report\n")
     done = run_pinproxy("check", str(path), "--today", "2027-01-01")
     assert (done.returncode, done.stdout, done.stderr) == (0, summary, "")
     assert main(["check", str(path), "--today", "2027-01-01", "--strict"]) == 0
@@ -106,8 +107,8 @@ def test_warnings_pass_unless_strict(tmp_path: Path) -> None:
     assert lines[1].startswith(f"{path}:5: warning: www.example.com: last enforced day is "
                                "2027-12-31 (in 11 days)")
     assert lines[1].endswith("[expires-soon]")
-    assert lines[2] == (f"{path}: OK: 2 host rules, 3 pins, mode enforce, unpinned allow; "
-                        "2 warnings")
+    assert lines[2] == (f"{path}: OK: 2 host rules, 3 pins, mode enforce, unpinned allow, "
+                        "on_expiry report; 2 warnings")
     strict = run_pinproxy("check", str(path), "--today", "2027-12-20", "--strict")
     assert strict.returncode == 1
     assert strict.stdout.splitlines()[:2] == lines[:2]
@@ -155,7 +156,7 @@ def test_load_errors_stay_path_line_message_on_stderr(tmp_path: Path) -> None:
     assert done.stderr.splitlines() == [
         f"{path}:4: pin 'sha256/a' is not base64 of a 32-byte SHA-256 digest",
         f"{path}:7: unknown key 'include_subdomain' in a host rule; expected expires, host, "
-        "include_subdomains, mode, pins, report_uri",
+        "include_subdomains, mode, on_expiry, pins, report_uri",
     ]
 
 
@@ -194,15 +195,16 @@ def test_json_lists_findings_for_ci(tmp_path: Path, capsys: pytest.CaptureFixtur
     code, document = run_json(str(path), "--today", "2027-12-20")
     assert code == 0
     assert document == {
-        "pinset": str(path), "ok": True, "errors": 0, "warnings": 2,
+        "pinset": str(path), "ok": True, "on_expiry": "report", "errors": 0, "warnings": 2,
         "findings": [
             {"severity": "warning", "code": "missing-backup-pin",
              "message": document["findings"][0]["message"],  # type: ignore[index]
              "path": str(path), "line": 3, "host": "api.example.com"},
             {"severity": "warning", "code": "expires-soon",
              "message": "www.example.com: last enforced day is 2027-12-31 (in 11 days); after "
-                        "it the pins are no longer checked; extend 'expires' if the pins are "
-                        "still right",
+                        "it the pins are no longer checked and every connection it covers is "
+                        "reported as rule-expired (on_expiry: report); extend 'expires' if the "
+                        "pins are still right",
              "path": str(path), "line": 5, "host": "www.example.com"},
         ],
     }
@@ -213,8 +215,8 @@ def test_json_lists_findings_for_ci(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_json_of_a_clean_pinset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path, CLEAN)
     code, document = main_json(capsys, str(path), "--today", "2027-01-01", "--strict")
-    assert (code, document) == (0, {"pinset": str(path), "ok": True, "errors": 0,
-                                    "warnings": 0, "findings": []})
+    assert (code, document) == (0, {"pinset": str(path), "ok": True, "on_expiry": "report",
+                                    "errors": 0, "warnings": 0, "findings": []})
 
 
 def test_json_turns_load_errors_into_findings(tmp_path: Path) -> None:
@@ -229,7 +231,7 @@ def test_json_turns_load_errors_into_findings(tmp_path: Path) -> None:
              "path": str(path), "line": 4, "host": None},
             {"severity": "error", "code": "load-error",
              "message": "unknown key 'include_subdomain' in a host rule; expected expires, "
-                        "host, include_subdomains, mode, pins, report_uri",
+                        "host, include_subdomains, mode, on_expiry, pins, report_uri",
              "path": str(path), "line": 7, "host": None},
         ],
     }
@@ -316,7 +318,7 @@ def test_check_shows_where_reports_go_and_warns_about_http(
     assert main(["check", str(write(tmp_path, https)), "--today", "2026-12-01"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[-1].endswith(
-        "unpinned allow, reports to https://c.example/r, report dedupe 30m")
+        "unpinned allow, on_expiry report, reports to https://c.example/r, report dedupe 30m")
     assert "plaintext-report-uri" not in out
     # the twin: an http:// (loopback) collector loads, with a warning at its rule
     http = CLEAN.replace(f'    pins: ["{ROOT}"',

@@ -180,7 +180,8 @@ def test_pinset_shows_the_file_in_force(proxy: Proxy, pinset: Path,
     assert abs((dt.datetime.now(dt.UTC) - loaded_at).total_seconds()) < 120
     assert shown["rules"][0] == {
         "host": "leaf.pinned.test", "include_subdomains": False, "mode": "enforce",
-        "pins": [leaf_pin(good_leaf)], "expires": None, "location": f"{pinset}:5"}
+        "pins": [leaf_pin(good_leaf)], "expires": None, "on_expiry": "report",
+        "location": f"{pinset}:5"}
     assert shown["rules"][1]["expires"] == "2099-12-31"
     assert shown["rules"][1]["mode"] == "report"
 

@@ -249,7 +249,8 @@ CASES: list[tuple[str, str, str, list[tuple[int, str]]]] = [
             pins: [{P}]
         report_url: https://example.com/
     """, GOOD, [(5, "unknown key 'report_url' in the pinset; expected hosts, mode, "
-                    "report_dedupe, report_uri, serial, unpinned, valid_until, version")]),
+                    "on_expiry, report_dedupe, report_uri, serial, unpinned, valid_until, "
+                    "version")]),
     ("unknown-rule-key", f"""
         version: 1
         hosts:

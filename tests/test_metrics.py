@@ -146,15 +146,17 @@ def test_pinset_summary_shows_rules_as_written() -> None:
         "loaded_at": "2026-03-14T12:30:05+00:00",
         "mode": "enforce",
         "unpinned": "block",
+        "on_expiry": "report",
         "pin_count": pinset.pin_count,
         "serial": None,
         "valid_until": None,
         "rules": [
             {"host": "*.api.test", "include_subdomains": False, "mode": "report",
-             "pins": [str(PIN_A), str(PIN_B)], "expires": "2030-01-02",
+             "pins": [str(PIN_A), str(PIN_B)], "expires": "2030-01-02", "on_expiry": "report",
              "location": "pins.yaml:4"},
             {"host": "plain.test", "include_subdomains": True, "mode": "enforce",
-             "pins": [str(PIN_A), str(PIN_B)], "expires": None, "location": "pins.yaml:8"},
+             "pins": [str(PIN_A), str(PIN_B)], "expires": None, "on_expiry": "report",
+             "location": "pins.yaml:8"},
         ],
     }
     assert pinset_summary(pinset, None, None, None)["source"] == "pins.yaml"

@@ -14,7 +14,7 @@ import pytest
 
 from pinproxy.hostnames import authority_host
 from pinproxy.pins import CertificatePins, Pin, PinKind
-from pinproxy.pinset import HostRule, Location, Mode, Pinset, Unpinned
+from pinproxy.pinset import HostRule, Location, Mode, OnExpiry, Pinset, Unpinned
 from pinproxy.policy import (
     Action,
     Decision,
@@ -154,14 +154,14 @@ def test_an_enforce_rule_in_a_report_mode_pinset_still_blocks() -> None:
     (TODAY - timedelta(days=1), Action.ALLOW),  # from the next day on, the rule is skipped
 ], ids=["tomorrow", "today", "yesterday"])
 def test_expires_is_the_last_enforced_day(expires: date, action: Action) -> None:
-    host_rule = rule(HOST, {good_chain()[2].spki}, expires=expires)
+    host_rule = rule(HOST, {good_chain()[2].spki}, expires=expires, on_expiry=OnExpiry.ALLOW)
     decision = decide(pinset(host_rule), [HOST], rogue_chain(), TODAY)
     assert decision.action is action
     assert decision.expired == (() if action is Action.BLOCK else (host_rule,))
 
 
 def test_an_expired_rule_falls_through_to_a_less_specific_live_rule() -> None:
-    old = rule(HOST, {BACKUP}, line=3, expires=TODAY - timedelta(days=1))
+    old = rule(HOST, {BACKUP}, line=3, expires=TODAY - timedelta(days=1), on_expiry=OnExpiry.ALLOW)
     parent = rule("example", {good_chain()[2].spki}, line=7, include_subdomains=True)
     allowed = decide(pinset(old, parent), [HOST], good_chain(), TODAY)
     assert (allowed.action, allowed.rule, allowed.expired) == (Action.ALLOW, parent, (old,))
@@ -177,7 +177,8 @@ def test_an_expired_rule_falls_through_to_a_less_specific_live_rule() -> None:
 ])
 def test_an_expired_rule_leaves_the_host_to_the_unpinned_policy(unpinned: Unpinned,
                                                                  action: Action) -> None:
-    old = rule(HOST, {good_chain()[2].spki}, expires=TODAY - timedelta(days=30))
+    old = rule(HOST, {good_chain()[2].spki}, expires=TODAY - timedelta(days=30),
+               on_expiry=OnExpiry.ALLOW)
     decision = decide(pinset(old, unpinned=unpinned), [HOST], good_chain(), TODAY)
     assert (decision.action, decision.reason) == (action, Reason.NOT_PINNED)
     assert decision.rule is None and decision.expired == (old,)
@@ -296,7 +297,8 @@ def test_plaintext_to_a_pinned_host_is_refused() -> None:
     (pinset(rule(HOST, {BACKUP}), unpinned=Unpinned.BLOCK), "other.example",
      (Action.BLOCK, Reason.NOT_PINNED)),
     (pinset(rule(HOST, {BACKUP}, mode=Mode.REPORT)), HOST, (Action.REPORT, Reason.PLAINTEXT)),
-    (pinset(rule(HOST, {BACKUP}, expires=TODAY - timedelta(days=1))), HOST,
+    (pinset(rule(HOST, {BACKUP}, expires=TODAY - timedelta(days=1),
+             on_expiry=OnExpiry.ALLOW)), HOST,
      (Action.ALLOW, Reason.NOT_PINNED)),
     (pinset(rule("example", {BACKUP}, include_subdomains=True)), HOST,
      (Action.BLOCK, Reason.PLAINTEXT)),
@@ -361,7 +363,7 @@ def test_refuse_timed_out_denies_an_upstream_without_a_verdict(seconds: float,
 # -- a request on a connection that passed (or had no) check --------------------------------
 
 ROOT = good_chain()[2].spki
-EXPIRED = rule(HOST, {ROOT}, line=3, expires=TODAY - timedelta(days=1))
+EXPIRED = rule(HOST, {ROOT}, line=3, expires=TODAY - timedelta(days=1), on_expiry=OnExpiry.ALLOW)
 PINNED = pinset(rule(HOST, {ROOT}), rule("cdn.example", {ROOT}, line=6))
 
 
@@ -514,7 +516,8 @@ def test_authority_host(authority: str, host: str) -> None:
                                               (Mode.REPORT, Action.REPORT)])
 def test_an_unpinned_refusal_keeps_chain_host_and_expired_rules(mode: Mode,
                                                                 action: Action) -> None:
-    old = rule("other.example", {BACKUP}, expires=TODAY - timedelta(days=1))
+    old = rule("other.example", {BACKUP}, expires=TODAY - timedelta(days=1),
+               on_expiry=OnExpiry.ALLOW)
     rules = pinset(old, mode=mode, unpinned=Unpinned.BLOCK)
     decision = decide(rules, ["Other.Example."], good_chain(), TODAY)
     assert decision == Decision(action, Reason.NOT_PINNED, "other.example", None, good_chain(),
@@ -541,7 +544,7 @@ def test_a_connection_naming_no_host_keeps_the_chain() -> None:
                                               (Mode.REPORT, Action.REPORT)])
 def test_a_plaintext_refusal_keeps_host_rule_and_expired_rules(mode: Mode,
                                                                action: Action) -> None:
-    old = rule(HOST, {BACKUP}, expires=TODAY - timedelta(days=1))
+    old = rule(HOST, {BACKUP}, expires=TODAY - timedelta(days=1), on_expiry=OnExpiry.ALLOW)
     parent = rule("example", {BACKUP}, line=6, include_subdomains=True, mode=mode)
     decision = decide_plaintext(pinset(old, parent), "API.example", TODAY)
     assert decision == Decision(action, Reason.PLAINTEXT, HOST, parent, (), None, (old,))
@@ -553,7 +556,7 @@ def test_a_plaintext_refusal_keeps_host_rule_and_expired_rules(mode: Mode,
 # -- survivors of `make mutation` (docs/testing.md) ----------------------------------------
 
 def test_decide_handshake_judges_expiry_on_the_day_given() -> None:
-    old = rule(HOST, {BACKUP}, expires=TODAY - timedelta(days=1))
+    old = rule(HOST, {BACKUP}, expires=TODAY - timedelta(days=1), on_expiry=OnExpiry.ALLOW)
     lapsed = decide_handshake(pinset(old), [HOST], rogue_chain(), TODAY)
     assert (lapsed.action, lapsed.reason, lapsed.expired) == (Action.ALLOW, Reason.NOT_PINNED,
                                                               (old,))

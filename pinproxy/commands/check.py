@@ -16,7 +16,7 @@ from pinproxy.commands._probe_options import add_probe_options
 from pinproxy.errors import PinproxyError, PinsetError, Problem, quote
 from pinproxy.loader import format_duration, load_pinset, parse_day
 from pinproxy.pinset import Pinset
-from pinproxy.tools.lint import CODES, Finding, Severity, lint
+from pinproxy.tools.lint import CODES, EXPIRY_WARNING_DAYS, Finding, Severity, lint
 from pinproxy.tools.live import LIVE_CODES, live_findings
 
 EXIT_OK = 0
@@ -55,6 +55,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                         help="json: one JSON document on stdout, for CI (default: %(default)s)")
     parser.add_argument("--today", type=_day, metavar="YYYY-MM-DD",
                         help="judge expiry as of this day (default: today, UTC)")
+    parser.add_argument("--expiry-warning", type=_days, metavar="DAYS",
+                        default=EXPIRY_WARNING_DAYS,
+                        help="warn of rules whose last enforced day is at most DAYS days away "
+                             "(default: %(default)s)")
     parser.add_argument("--live", action="store_true",
                         help="also connect to every exact host and compare its chain with the "
                              "pins (the options below apply only with --live)")
@@ -74,7 +78,8 @@ def check(args: argparse.Namespace) -> int:
         findings = [_load_error(problem) for problem in e.problems]
         return _emit_json(path, findings, _exit_code(findings, args.strict))
     today: dt.date = args.today or dt.datetime.now(dt.UTC).date()
-    findings = lint(pinset, today, None if args.today else dt.datetime.now(dt.UTC))
+    findings = lint(pinset, today, None if args.today else dt.datetime.now(dt.UTC),
+                    args.expiry_warning)
     if args.live:
         findings += live_findings(pinset, upstream_ca=args.upstream_ca,
                                   connect_to=args.connect_to, timeout=args.timeout, today=today)
@@ -95,6 +100,12 @@ def _day(text: str) -> dt.date:
             f"{quote(text)} is not a date written YYYY-MM-DD") from None
 
 
+def _days(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) > 36500:
+        raise argparse.ArgumentTypeError(f"{quote(text)} is not a number of days from 0 to 36500")
+    return int(text)
+
+
 def _exit_code(findings: Sequence[Finding], strict: bool) -> int:
     severities = {finding.severity for finding in findings}
     if Severity.ERROR in severities:
@@ -106,7 +117,8 @@ def _summary(path: str, pinset: Pinset, findings: Sequence[Finding], code: int) 
     counts = _counts(findings)
     if code == EXIT_OK:
         shape = (f"{len(pinset.rules)} host rules, {pinset.pin_count} pins, mode {pinset.mode}, "
-                 f"unpinned {pinset.unpinned}{_signed_keys(pinset)}{_reporting(pinset)}")
+                 f"unpinned {pinset.unpinned}, on_expiry {pinset.on_expiry}"
+                 f"{_signed_keys(pinset)}{_reporting(pinset)}")
         tail = f"; {_plural(counts[Severity.WARNING], 'warning')}" if findings else ""
         return f"{path}: OK: {shape}{tail}"
     because = " (--strict)" if code == EXIT_WARNINGS else ""
@@ -165,6 +177,7 @@ def _emit_json(path: str, findings: Sequence[Finding], code: int,
     document = {
         "pinset": path,
         "ok": code == EXIT_OK,
+        **({"on_expiry": pinset.on_expiry.value} if pinset is not None else {}),
         **_signed_fields(pinset),
         "errors": counts[Severity.ERROR],
         "warnings": counts[Severity.WARNING],

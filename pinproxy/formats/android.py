@@ -29,7 +29,7 @@ from pinproxy.formats.model import (
     unique,
 )
 from pinproxy.pins import parse_pin
-from pinproxy.pinset import HostRule, Pinset
+from pinproxy.pinset import HostRule, OnExpiry, Pinset
 from pinproxy.tools.render import PinLine
 
 __all__ = ["TARGET", "parse", "render"]
@@ -211,6 +211,11 @@ def render(pinset: Pinset) -> Converted:
             out.append("        <pin-set>")
         else:
             kept = f"enforced through {rule.expires} (pinset expires)"
+            if rule.on_expiry is not OnExpiry.ALLOW:
+                notices.append(Notice(rule.location, f"{rule.host}: after {rule.expires} "
+                                      "Android stops pinning silently; the pinset's "
+                                      f"on_expiry: {rule.on_expiry} cannot be expressed",
+                                      lossy=False))
             out.append(f"        {xml_comment(kept)}")
             out.append(f'        <pin-set expiration="{rule.expires + _ONE_DAY}">')
         out.extend(f'            <pin digest="SHA-256">{pin.base64}</pin>'

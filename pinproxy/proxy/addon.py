@@ -60,6 +60,7 @@ from pinproxy.reloading import CurrentPinset
 from pinproxy.report import (
     ReportLog,
     decision_fields,
+    expiry_note,
     log_line,
     pinset_summary,
     refusal_page,
@@ -277,8 +278,8 @@ class Pinning:
         for rule in decision.expired:
             if rule.location not in self._expiry_noted:
                 self._expiry_noted.add(rule.location)
-                logger.warning("pinproxy rule for %s at %s expired on %s and is not enforced",
-                               rule.host, rule.location, rule.expires)
+                logger.warning("pinproxy rule for %s at %s expired on %s and is not enforced%s",
+                               rule.host, rule.location, rule.expires, expiry_note(rule))
         if decision.action is Action.ALLOW:
             self._checked[server] = verified
             _log_decision(decision, port)

@@ -27,7 +27,7 @@ from publicsuffixlist import PublicSuffixList
 
 from pinproxy.hostnames import is_ip_literal
 from pinproxy.pins import Pin, PinKind
-from pinproxy.pinset import HostRule, Location, Mode, Pinset, Unpinned
+from pinproxy.pinset import HostRule, Location, Mode, OnExpiry, Pinset, Unpinned
 
 __all__ = ["CODES", "EXPIRY_WARNING_DAYS", "STALE_WARNING_DAYS", "Finding", "Severity", "lint",
            "mixed_scripts", "protects_nothing"]
@@ -39,8 +39,10 @@ STALE_WARNING_DAYS = 3
 CODES = {
     "missing-backup-pin": "a rule with fewer than two pins that can match a real key",
     "certificate-pins-only": "every pin of a rule is a whole-certificate pin (cert-sha256/)",
-    "expires-soon": f"a rule's last enforced day is within {EXPIRY_WARNING_DAYS} days",
-    "expired": "a rule is past its last enforced day: its pins are no longer checked",
+    "expires-soon": f"a rule's last enforced day is within {EXPIRY_WARNING_DAYS} days "
+                    "(--expiry-warning)",
+    "expired": "a rule is past its last enforced day: its pins are no longer checked, and its "
+               "on_expiry reports, refuses or allows what it covers",
     "overlapping-rules": "a name is covered by two rules with different pins",
     "redundant-rule": "a rule decides exactly as the broader rule under it would",
     "shadowed-rule": "a rule, or its include_subdomains, never applies",
@@ -83,9 +85,11 @@ class Finding:
         return f"{where}: {self.severity.value}: {self.message} [{self.code}]"
 
 
-def lint(pinset: Pinset, today: date, now: datetime | None = None) -> list[Finding]:
+def lint(pinset: Pinset, today: date, now: datetime | None = None,
+         expiry_warning: int = EXPIRY_WARNING_DAYS) -> list[Finding]:
     """Every finding for a loaded pinset, in rule (file) order; `today` decides expiry, `now`
-    (default: the start of `today`, UTC) whether the pinset is stale."""
+    (default: the start of `today`, UTC) whether the pinset is stale, `expiry_warning` how many
+    days ahead an expiry is warned of."""
     findings: list[Finding] = list(_staleness(pinset, now or datetime.combine(today, time.min,
                                                                               UTC)))
     if (nothing := protects_nothing(pinset, today)) is not None:
@@ -100,7 +104,7 @@ def lint(pinset: Pinset, today: date, now: datetime | None = None) -> list[Findi
             findings.append(_warning(rule, "plaintext-report-uri",
                                      f"{rule.host}: {_plaintext_report_uri(rule.report_uri)}"))
         findings.extend(_backup(rule))
-        findings.extend(_expiry(rule, today))
+        findings.extend(_expiry(rule, today, expiry_warning))
         findings.extend(_overlaps(pinset, rule, today))
         findings.extend(_public_suffix(rule))
         findings.extend(_mixed_script(rule))
@@ -160,23 +164,34 @@ def _no_backup_message(rule: HostRule, real: Sequence[Pin], fakes: Sequence[Pin]
             f"connection fails; {advice}")
 
 
-def _expiry(rule: HostRule, today: date) -> Iterator[Finding]:
+_AFTER_EXPIRY = {
+    OnExpiry.ALLOW: "its names fall to the next rule, or to CA checks only",
+    OnExpiry.REPORT: "every connection it covers is reported as rule-expired",
+    OnExpiry.BLOCK: "every connection it covers is refused as rule-expired",
+}
+
+
+def _expiry(rule: HostRule, today: date, warning_days: int) -> Iterator[Finding]:
     if rule.expires is None:
         return
     last_day = rule.expires.isoformat()
+    after = _AFTER_EXPIRY[rule.on_expiry]
+    if rule.on_expiry is OnExpiry.BLOCK and rule.mode is Mode.REPORT:
+        after = "every connection it covers is reported as rule-expired (mode: report)"
+    after = f"{after} (on_expiry: {rule.on_expiry})"
     if rule.expired(today):
         yield _warning(
             rule, "expired",
-            f"{rule.host}: expired after {last_day}: its pins are no longer checked (its names "
-            "fall to the next rule, or to CA checks only); extend 'expires' or remove the rule")
+            f"{rule.host}: expired after {last_day}: its pins are no longer checked; {after}; "
+            "extend 'expires' or remove the rule")
         return
     days = (rule.expires - today).days
-    if days <= EXPIRY_WARNING_DAYS:
+    if days <= warning_days:
         when = "today" if days == 0 else f"in {days} day{'s' if days != 1 else ''}"
         yield _warning(
             rule, "expires-soon",
             f"{rule.host}: last enforced day is {last_day} ({when}); after it the pins are no "
-            "longer checked; extend 'expires' if the pins are still right")
+            f"longer checked and {after}; extend 'expires' if the pins are still right")
 
 
 # -- how rules combine ---------------------------------------------------------------------
@@ -187,7 +202,8 @@ def _overlaps(pinset: Pinset, rule: HostRule, today: date) -> Iterator[Finding]:
     Only the next rule in precedence is compared, from the winning rule's side; that rule is
     compared with its own next one in turn, so a chain of three rules gives two findings, not
     three, and the work per rule is one or two `candidates` walks (O(labels)). Expired rules
-    decide nothing (the proxy skips them, as `policy.decide` does): they get `expired` only.
+    check no pins (`policy.decide` passes over them; their `on_expiry` can only add a report or
+    a refusal): they get `expired` only.
     """
     if rule.expired(today):
         return
@@ -247,7 +263,8 @@ def _are(scopes: Sequence[str]) -> str:
 
 
 def _decides_alike(rule: HostRule, other: HostRule) -> bool:
-    return rule.pins_equal(other) and (rule.mode, rule.expires) == (other.mode, other.expires)
+    return rule.pins_equal(other) and (rule.mode, rule.expires, rule.on_expiry) == (
+        other.mode, other.expires, other.on_expiry)
 
 
 def _named(rule: HostRule) -> str:
@@ -268,7 +285,8 @@ def protects_nothing(pinset: Pinset, today: date | None = None) -> str | None:
     if (pinset.unpinned is Unpinned.BLOCK and pinset.mode is Mode.ENFORCE) or (
             pinset.unpinned is Unpinned.LEARN):  # a learned host's other keys are refused
         return None
-    live = [rule for rule in pinset.rules if today is None or not rule.expired(today)]
+    live = [rule for rule in pinset.rules if today is None or not rule.expired(today)
+            or rule.on_expiry is OnExpiry.BLOCK]  # an expired rule that blocks still refuses
     if any(rule.mode is Mode.ENFORCE for rule in live):
         return None
     if not pinset.rules:

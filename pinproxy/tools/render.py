@@ -14,7 +14,7 @@ from datetime import date, datetime, time, timedelta
 
 from pinproxy.loader import format_duration
 from pinproxy.pins import Pin
-from pinproxy.pinset import DEFAULT_REPORT_DEDUPE, HostRule, Mode, Pinset, Unpinned
+from pinproxy.pinset import DEFAULT_REPORT_DEDUPE, HostRule, Mode, OnExpiry, Pinset, Unpinned
 
 __all__ = ["PinLine", "RuleText", "printable", "render_loaded", "render_pinset", "render_rules",
            "rule_text"]
@@ -35,12 +35,14 @@ class RuleText:
     include_subdomains: bool = False
     expires: date | None = None
     mode: Mode | None = None  # None: the pinset's mode
+    on_expiry: OnExpiry | None = None  # None: the pinset's on_expiry
     notes: tuple[str, ...] = field(default=())  # comment lines written above the rule
     report_uri: str | None = None  # None: the pinset's
     learn: bool = False  # `mode: learn`: no pins written
 
 
-def rule_text(rule: HostRule, default_mode: Mode = Mode.ENFORCE) -> RuleText:
+def rule_text(rule: HostRule, default_mode: Mode = Mode.ENFORCE,
+              default_on_expiry: OnExpiry = OnExpiry.REPORT) -> RuleText:
     """A loaded rule as text, pins in the order written."""
     return RuleText(
         host=rule.host,
@@ -48,6 +50,7 @@ def rule_text(rule: HostRule, default_mode: Mode = Mode.ENFORCE) -> RuleText:
         include_subdomains=rule.include_subdomains,
         expires=rule.expires,
         mode=rule.mode if rule.mode is not default_mode and not rule.learn else None,
+        on_expiry=rule.on_expiry if rule.on_expiry is not default_on_expiry else None,
         report_uri=rule.report_uri,
         learn=rule.learn,
     )
@@ -67,6 +70,8 @@ def render_rules(rules: Iterable[RuleText], indent: str = "  ") -> str:
             out.append(f"{indent}  mode: {rule.mode.value}")
         if rule.expires is not None:
             out.append(f"{indent}  expires: {rule.expires.isoformat()}")
+        if rule.on_expiry is not None:
+            out.append(f"{indent}  on_expiry: {rule.on_expiry.value}")
         if rule.report_uri is not None:
             out.append(f"{indent}  report_uri: {_quoted(rule.report_uri)}")
         if rule.learn:
@@ -82,10 +87,13 @@ def render_pinset(rules: Sequence[RuleText], mode: Mode = Mode.ENFORCE,
                   unpinned: Unpinned = Unpinned.ALLOW, header: Sequence[str] = (),
                   serial: int | None = None, valid_until: datetime | None = None,
                   report_uri: str | None = None,
-                  report_dedupe: float = DEFAULT_REPORT_DEDUPE) -> str:
-    """A whole version-1 pinset file."""
+                  report_dedupe: float = DEFAULT_REPORT_DEDUPE,
+                  on_expiry: OnExpiry = OnExpiry.REPORT) -> str:
+    """A whole version-1 pinset file (`on_expiry` written when it is not the default)."""
     lines = [f"# {printable(line)}" if line else "#" for line in header]
     lines += ["version: 1", f"mode: {mode.value}", f"unpinned: {unpinned.value}"]
+    if on_expiry is not OnExpiry.REPORT:
+        lines.append(f"on_expiry: {on_expiry.value}")
     if serial is not None:
         lines.append(f"serial: {serial}")
     if valid_until is not None:
@@ -101,9 +109,10 @@ def render_pinset(rules: Sequence[RuleText], mode: Mode = Mode.ENFORCE,
 
 def render_loaded(pinset: Pinset, header: Sequence[str] = ()) -> str:
     """A loaded pinset written back out (comments are not kept)."""
-    return render_pinset([rule_text(r, pinset.mode) for r in pinset.rules], pinset.mode,
-                         pinset.unpinned, header, pinset.serial, pinset.valid_until,
-                         pinset.report_uri, pinset.report_dedupe)
+    return render_pinset([rule_text(r, pinset.mode, pinset.on_expiry) for r in pinset.rules],
+                         pinset.mode, pinset.unpinned, header, pinset.serial,
+                         pinset.valid_until, pinset.report_uri, pinset.report_dedupe,
+                         pinset.on_expiry)
 
 
 def _valid_until_text(when: datetime) -> str:
