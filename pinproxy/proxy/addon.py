@@ -274,6 +274,12 @@ class Pinning:
             metrics.record_decision(decision)
             _log_decision(decision, server.address[1] if server.address else None)
 
+    def refuse_server(self, client: connection.Client, server: connection.Server,
+                      decision: Decision) -> None:
+        """Refuse `server` for `client` from outside the verify callback (an upstream that
+        timed out): logged, counted, and answered with the 502 page like a failed check."""
+        self._refuse(client, server, decision)
+
     def _write_report(self, decision: Decision, port: int | None,
                       served: Callable[[], list[CertificatePins]]) -> None:
         """One record for the report log and the report_uri collector (queued, never sent
