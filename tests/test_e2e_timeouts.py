@@ -217,9 +217,8 @@ def test_a_prompt_client_is_served_and_an_idle_one_closed_later(
 
 # -- configuration ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("flag", "value"), [
-    ("--upstream-timeout", "0"), ("--request-head-timeout", "nan"),
-    ("--idle-timeout", "1.5"), ("--max-connections", "0"),
+@pytest.mark.parametrize(("flag", "value"), [  # the rest: tests/test_deadlines.py
+    ("--upstream-timeout", "0"), ("--max-connections", "0"),
 ])
 def test_a_bad_value_is_one_line_and_exit_2(flag: str, value: str, tmp_path: Path) -> None:
     by_flag = subprocess.run(pinproxy_command("run", flag, value), cwd=REPO,
