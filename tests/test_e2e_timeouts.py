@@ -177,9 +177,11 @@ def test_connections_beyond_the_bound_are_closed_at_once(upstream_proxy: Proxy,
 
 def test_a_client_that_sends_nothing_is_closed_after_the_head_timeout(
         client_proxy: Proxy) -> None:
+    before = metric(client_proxy, 'pinproxy_timeouts_total{kind="request-head"}')
     with connect(client_proxy) as sock:
         data, elapsed = read_until_closed(sock, timeout=10)
     assert data == b"" and 0.8 <= elapsed <= 1 + MARGIN
+    assert metric(client_proxy, 'pinproxy_timeouts_total{kind="request-head"}') == before + 1
 
 
 def test_a_slowloris_head_is_closed_although_bytes_keep_coming(client_proxy: Proxy) -> None:
@@ -211,8 +213,10 @@ def test_a_prompt_client_is_served_and_an_idle_one_closed_later(
             response += chunk
         assert response.startswith(b"HTTP/1.1 200")
         # keep-alive: the idle timeout (2 s), not the head timeout, ends the wait for more
+        before = metric(client_proxy, 'pinproxy_timeouts_total{kind="client-idle"}')
         data, elapsed = read_until_closed(sock, timeout=10)
     assert data == b"" and 1.5 <= elapsed <= 2 + MARGIN
+    assert metric(client_proxy, 'pinproxy_timeouts_total{kind="client-idle"}') == before + 1
 
 
 # -- configuration ---------------------------------------------------------------------------

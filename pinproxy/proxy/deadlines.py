@@ -37,7 +37,7 @@ from mitmproxy.proxy import server_hooks
 
 from pinproxy import metrics
 from pinproxy.policy import refuse_timed_out
-from pinproxy.proxy._mitmproxy_private import close_connection
+from pinproxy.proxy._mitmproxy_private import close_connection, on_idle_timeout
 from pinproxy.proxy.addon import Pinning
 
 __all__ = ["REFUSED_TUNNEL_TIMEOUT", "Deadlines", "raise_file_limit"]
@@ -69,8 +69,10 @@ class Deadlines:
             weakref.WeakKeyDictionary())
         self._warned_at = -1.0  # monotonic time of the last "connection limit" warning
         self._unwarned = 0  # rejections since that warning
+        self._proxy: Any = None  # mitmproxy's proxyserver addon, from `running` on
 
     def running(self) -> None:
+        self._proxy = ctx.master.addons.get("proxyserver")
         raise_file_limit(self.max_connections)
 
     # -- the connection bound --------------------------------------------------------------
@@ -83,6 +85,8 @@ class Deadlines:
             self._warn_rejected()
             return
         self._open.add(client.id)
+        if self._proxy is not None:
+            on_idle_timeout(self._proxy, client, _count_idle)
         self._head[client] = _later(self.request_head_timeout, self._head_timed_out, client)
 
     def client_disconnected(self, client: connection.Client) -> None:
@@ -141,7 +145,7 @@ class Deadlines:
     def _close_client(self, client: connection.Client, kind: str, why: str) -> None:
         _cancel(self._head, client)
         _cancel(self._refused, client)
-        if close_connection(_proxyserver(), client, client, f"pinproxy: {why}"):
+        if close_connection(self._proxy, client, client, f"pinproxy: {why}"):
             metrics.record_timeout(kind)
             logger.info("pinproxy closed client %s: %s", _address(client.peername), why)
 
@@ -176,8 +180,12 @@ class Deadlines:
         host = server.address[0] if server.address else ""
         self._pinning.refuse_server(client, server,
                                     refuse_timed_out(host, self.upstream_timeout))
-        if close_connection(_proxyserver(), client, server, "pinproxy: upstream timeout"):
+        if close_connection(self._proxy, client, server, "pinproxy: upstream timeout"):
             metrics.record_timeout("upstream")
+
+
+def _count_idle() -> None:
+    metrics.record_timeout("client-idle")
 
 
 def raise_file_limit(max_connections: int) -> None:
@@ -210,10 +218,6 @@ def _cancel[K](timers: weakref.WeakKeyDictionary[K, asyncio.TimerHandle], key: K
     timer = timers.pop(key, None)
     if timer is not None:
         timer.cancel()
-
-
-def _proxyserver() -> Any:
-    return ctx.master.addons.get("proxyserver")
 
 
 def _address(address: tuple[Any, ...] | None) -> str:
