@@ -102,6 +102,57 @@ def test_a_silent_upstream_gets_the_client_a_502_naming_the_timeout(
     assert metric(upstream_proxy, 'pinproxy_timeouts_total{kind="upstream"}') >= 1
 
 
+def read_response(sock: socket.socket) -> bytes:
+    """One HTTP/1 response with a Content-Length (the connection may stay open after it)."""
+    sock.settimeout(15)
+    data = b""
+    while True:
+        head, found, body = data.partition(b"\r\n\r\n")
+        if found:
+            length = [int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                      if line.startswith(b"content-length:")]
+            if length and len(body) >= length[0]:
+                return data
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+
+
+@pytest.fixture
+def unaccepting_port() -> Iterator[int]:
+    """A port whose listener never accepts and whose accept queue is full: the kernel drops
+    further SYNs, so a connect hangs (an upstream behind a black-holing firewall)."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    time.sleep(0.1)
+    try:
+        yield port
+    finally:
+        for sock in (*fillers, listener):
+            sock.close()
+
+
+def test_an_upstream_that_never_accepts_gets_the_connect_the_502_page(
+        upstream_proxy: Proxy, unaccepting_port: int) -> None:
+    with connect(upstream_proxy) as sock:
+        started = time.monotonic()
+        sock.sendall(f"CONNECT 127.0.0.1:{unaccepting_port} HTTP/1.1\r\n"
+                     f"Host: 127.0.0.1:{unaccepting_port}\r\n\r\n".encode())
+        data = read_response(sock)
+        elapsed = time.monotonic() - started
+    head = data.split(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 502"), data[:300]
+    assert b"x-pinproxy-reason: upstream-timeout" in head
+    assert b"reason: upstream-timeout" in data
+    assert UPSTREAM_TIMEOUT * 0.8 <= elapsed <= UPSTREAM_TIMEOUT + MARGIN
+
+
 def test_an_upstream_that_answers_is_served(upstream_proxy: Proxy, serve: Serve,
                                             good_leaf: trustme.LeafCert) -> None:
     server = serve(good_leaf)
@@ -222,7 +273,7 @@ def test_a_prompt_client_is_served_and_an_idle_one_closed_later(
 # -- configuration ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("flag", "value"), [  # the rest: tests/test_deadlines.py
-    ("--upstream-timeout", "0"), ("--max-connections", "0"),
+    ("--max-connections", "0"),
 ])
 def test_a_bad_value_is_one_line_and_exit_2(flag: str, value: str, tmp_path: Path) -> None:
     by_flag = subprocess.run(pinproxy_command("run", flag, value), cwd=REPO,

@@ -326,6 +326,13 @@ class Pinning:
         if not decision.proceeds:
             _refuse_request(flow, decision)
 
+    def http_connect_error(self, flow: http.HTTPFlow) -> None:
+        """A CONNECT whose (eager) upstream connection pinproxy refused before it was up (an
+        upstream that did not accept in time) gets the page instead of mitmproxy's 502."""
+        refusal = self._refusal(flow.client_conn, flow.server_conn)
+        if refusal is not None:
+            flow.response = _refusal_response(refusal)
+
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         """Close raw tunnels whose upstream check failed, and refuse raw plaintext to pinned hosts.
 
