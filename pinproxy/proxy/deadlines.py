@@ -175,13 +175,18 @@ class Deadlines:
                                         client, server)
 
     def _upstream_timed_out(self, client: connection.Client, server: connection.Server) -> None:
-        """Refused like a failed pin check (the handshake never got a verdict), then closed."""
+        """Refused like a failed pin check (the handshake never got a verdict), and closed.
+
+        Closed first: a connection already gone is not refused. The cancellation reaches its
+        task at the loop's next turn, after the refusal below is recorded, so the failed
+        handshake finds it and the client gets the 502 page."""
         self._upstream.pop(server, None)
+        if not close_connection(self._proxy, client, server, "pinproxy: upstream timeout"):
+            return
         host = server.address[0] if server.address else ""
         self._pinning.refuse_server(client, server,
                                     refuse_timed_out(host, self.upstream_timeout))
-        if close_connection(self._proxy, client, server, "pinproxy: upstream timeout"):
-            metrics.record_timeout("upstream")
+        metrics.record_timeout("upstream")
 
 
 def _count_idle() -> None:
