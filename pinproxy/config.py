@@ -45,6 +45,10 @@ class RunConfig:
     on_stale: str = "keep"  # keep | report | block: a signed pinset past its valid_until
     learn_file: str | None = None  # trust on first use: the learned pins (pinproxy.learned)
     no_watch: bool = False  # reload only on SIGHUP, not when the pinset's files change
+    upstream_timeout: float = 10.0  # seconds for an upstream's TCP connect, and its TLS handshake
+    request_head_timeout: float = 30.0  # seconds from accept (or CONNECT) to a request head
+    idle_timeout: int = 300  # seconds a client connection may see no byte either way
+    max_connections: int = 10000  # open client connections per process; more are refused
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

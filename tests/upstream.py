@@ -687,3 +687,15 @@ class SlowUpstreamServer(UpstreamServer):
         self.request_arrived.set()
         time.sleep(self.delay)
         return b"slow " * 1000 + b"done\n"
+
+
+class SilentServer(_RecordingServer):
+    """Accepts TCP and never answers: records what arrives (a ClientHello, at most) until the
+    peer closes. An upstream that hangs the TLS handshake."""
+
+    def __init__(self, name: str = "silent", *, io_timeout: float = 30.0) -> None:
+        super().__init__(name, io_timeout=io_timeout)
+
+    def _serve(self, conn: _Stream) -> None:
+        while self._recv(conn):
+            pass

@@ -101,6 +101,32 @@ def _drain_timeout(text: str) -> float:
     return value
 
 
+_MAX_TIMEOUT = 86400.0
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= _MAX_TIMEOUT:  # NaN and inf fail here too
+        raise ValueError(f"is not a number of seconds (> 0, at most {_MAX_TIMEOUT:g})")
+    return value
+
+
+def _idle_timeout(text: str) -> int:
+    # mitmproxy's tcp_timeout is a whole number of seconds
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= _MAX_TIMEOUT:
+        raise ValueError(f"is not a whole number of seconds (1 to {_MAX_TIMEOUT:g})")
+    return int(text)
+
+
+def _max_connections(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 1_000_000:
+        raise ValueError("is not a number of connections (1-1000000)")
+    return int(text)
+
+
 def _nonempty(text: str) -> str:
     if not text:
         raise ValueError("is empty")
@@ -188,6 +214,15 @@ FLAGS: tuple[Flag, ...] = (
     Flag("learn_file", _nonempty, "the pins learned on first use for 'mode: learn' and "
          "'unpinned: learn' (like SSH's known_hosts)", "PATH"),
     Flag("no_watch", None, "reload the pinset only on SIGHUP, not when its files change"),
+    Flag("upstream_timeout", _timeout, "seconds an upstream may take to accept TCP, and then "
+         "to finish its TLS handshake; past it the client gets the 502 page "
+         "(default: %(default)s)", "SECONDS"),
+    Flag("request_head_timeout", _timeout, "seconds a client has from connecting (or from its "
+         "CONNECT) to send a complete request head (default: %(default)s)", "SECONDS"),
+    Flag("idle_timeout", _idle_timeout, "close a client connection that sent or received "
+         "nothing for this many seconds (default: %(default)s)", "SECONDS"),
+    Flag("max_connections", _max_connections, "open client connections per process (per "
+         "worker); more are closed at once (default: %(default)s)", "N"),
 )
 
 

@@ -19,6 +19,9 @@ no SO_REUSEPORT) or, worse, with an addon chain pinproxy did not build.
   `transports[connection].handler` (the task reading that connection): cancelling that task is
   how mitmproxy itself closes an idle connection (`ConnectionHandler.on_timeout`), and the only
   way to close one connection from an addon. `close_connection` does it.
+- The handler's `timeout_watchdog.callback` (`TimeoutWatchdog(timeout, callback)`): what the
+  inactivity watchdog (`tcp_timeout`) awaits when it fires; `on_idle_timeout` wraps it to
+  count the connections it closes (no hook says so).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ __all__ = [
     "detach_addon_manager",
     "enable_reuse_port",
     "iter_hooks",
+    "on_idle_timeout",
 ]
 
 CHECKED_VERSION = "12.3.1"
@@ -84,6 +88,24 @@ def close_connection(proxy: proxyserver.Proxyserver, client: connection.Client,
     return True
 
 
+def on_idle_timeout(proxy: proxyserver.Proxyserver, client: connection.Client,
+                    callback: Callable[[], None]) -> bool:
+    """Call `callback` when mitmproxy's inactivity watchdog closes `client`'s connection.
+    False if the connection has no handler (any more)."""
+    handler = proxy.connections.get(client.id)
+    if handler is None:
+        return False
+    watchdog = handler.timeout_watchdog
+    close = watchdog.callback
+
+    async def timed_out() -> None:
+        callback()
+        await close()
+
+    watchdog.callback = timed_out
+    return True
+
+
 def check(manager: type = addonmanager.AddonManager,
           instance: type = mode_servers.RegularInstance) -> None:
     """Raise `PinproxyError` if a private name above is missing or takes other arguments.
@@ -98,6 +120,8 @@ def check(manager: type = addonmanager.AddonManager,
     _require_attribute(server.ConnectionHandler, "transports")
     _require_attribute(server.ConnectionIO, "handler")
     _require_method(server.ConnectionHandler, "on_timeout", ["self"])
+    _require_attribute(server.ConnectionHandler, "timeout_watchdog")
+    _require_method(server.TimeoutWatchdog, "__init__", ["self", "timeout", "callback"])
 
 
 def _require_attribute(owner: type, name: str) -> None:

@@ -299,6 +299,12 @@ class Pinning:
             metrics.record_decision(decision)
             _log_decision(decision, server.address[1] if server.address else None)
 
+    def refuse_server(self, client: connection.Client, server: connection.Server,
+                      decision: Decision) -> None:
+        """Refuse `server` for `client` from outside the verify callback (an upstream that
+        timed out): logged, counted, and answered with the 502 page like a failed check."""
+        self._refuse(client, server, decision)
+
     def _write_report(self, decision: Decision, port: int | None,
                       served: Callable[[], list[CertificatePins]]) -> None:
         """One record for the report log and the report_uri collector (queued, never sent
@@ -405,6 +411,13 @@ class Pinning:
         self._write_report(decision, request.port, list)
         if not decision.proceeds:
             _refuse_request(flow, decision)
+
+    def http_connect_error(self, flow: http.HTTPFlow) -> None:
+        """A CONNECT whose (eager) upstream connection pinproxy refused before it was up (an
+        upstream that did not accept in time) gets the page instead of mitmproxy's 502."""
+        refusal = self._refusal(flow.client_conn, flow.server_conn)
+        if refusal is not None:
+            flow.response = _refusal_response(refusal)
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         """Close raw tunnels whose upstream check failed, and refuse raw plaintext to pinned hosts.

@@ -23,14 +23,20 @@ from mitmproxy.addons import (
 from pinproxy.proxy import _mitmproxy_private, _openssl
 from pinproxy.proxy.addon import Pinning
 from pinproxy.proxy.auth import ProxyAuth
+from pinproxy.proxy.deadlines import Deadlines
 from pinproxy.proxy.dispatch import ResolvedHooks
 
 __all__ = ["build_master"]
 
 
 def build_master(opts: options.Options, pinning: Pinning,
-                 proxy_auth: str | None = None) -> master.Master:
+                 proxy_auth: str | None = None,
+                 deadlines: Deadlines | None = None) -> master.Master:
     """A Master with the minimal addon chain; `pinning` comes last, after `tlsconfig`.
+
+    `deadlines` (timeouts and the connection bound) comes before proxy authentication and
+    the pin check: it must see every `client_connected`, and refuse one before anything else
+    spends work on it.
 
     No termlog addon: `pinproxy.logs` puts one handler on the root logger for every record,
     mitmproxy's included (see `serve`). Raises `PinproxyError` if mitmproxy or pyOpenSSL no
@@ -51,6 +57,7 @@ def build_master(opts: options.Options, pinning: Pinning,
         next_layer.NextLayer(),
         tlsconfig.TlsConfig(),
         errorcheck.ErrorCheck(),
+        *([deadlines] if deadlines is not None else []),
         ProxyAuth(proxy_auth),        # 407 before anything else answers; strips proxy headers
         pinning,
     )

@@ -20,6 +20,7 @@ from pinproxy.learned import require_learn_file
 from pinproxy.loader import load_pinset
 from pinproxy.pinset import Pinset
 from pinproxy.proxy.addon import Pinning
+from pinproxy.proxy.deadlines import Deadlines
 from pinproxy.proxy.drain import Drain
 from pinproxy.proxy.learning import LearnState
 from pinproxy.proxy.master import build_master
@@ -47,7 +48,10 @@ async def serve(config: RunConfig, worker: str = "",
                     report_queue=config.report_queue)
     if learn_file is not None:  # a corrupt learn file stops the start (PinsetError)
         addon.learning = LearnState(learn_file)
-    master = build_master(opts, addon, config.proxy_auth)
+    master = build_master(opts, addon, config.proxy_auth, Deadlines(
+        addon, upstream_timeout=config.upstream_timeout,
+        request_head_timeout=config.request_head_timeout,
+        max_connections=config.max_connections))
     # -- readiness and drain (SIGTERM: drain, then stop; a second SIGTERM or SIGINT: stop now)
     drain = Drain(addon.readiness, on_ready=lambda: _report_ready(status_fd))
     master.addons.add(drain)
@@ -64,6 +68,7 @@ async def serve(config: RunConfig, worker: str = "",
             ssl_verify_upstream_trusted_ca=config.upstream_ca,
             **({} if config.pinset_url else {"pinset": config.pinset}),  # signed: below
             pinset_report_log=config.report_log or "",
+            tcp_timeout=config.idle_timeout,  # mitmproxy's inactivity watchdog
         )
     except exceptions.OptionsError as e:
         if isinstance(e.__cause__, PinproxyError):
