@@ -48,7 +48,7 @@ class RunConfig:
     upstream_timeout: float = 10.0  # seconds for an upstream's TCP connect, and its TLS handshake
     request_head_timeout: float = 30.0  # seconds from accept (or CONNECT) to a request head
     idle_timeout: int = 300  # seconds a client connection may see no byte either way
-    max_connections: int = 10000  # open client connections per process; more are refused
+    max_connections: int = 4096  # open client connections per process; more are refused
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
