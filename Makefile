@@ -13,8 +13,11 @@ $(VENV)/.installed: pyproject.toml
 run: $(VENV)/.installed  ## start the proxy on the shipped pinset (config/pins.yaml)
 	$(VENV)/bin/pinproxy run $(ARGS)
 
+# The end-to-end tests mostly wait (on sockets, timeouts, child processes): four workers on two
+# cores keep the suite within its time budget. A test file runs in one worker (its module-scoped
+# proxies and servers are started once); ARGS='-n 0' runs everything in this process.
 test: $(VENV)/.installed  ## run the whole test suite
-	$(PYTHON) -m pytest $(ARGS)
+	$(PYTHON) -m pytest -n 4 --dist loadscope $(ARGS)
 
 test-unit: $(VENV)/.installed  ## the fast inner loop: every test not marked e2e (no proxy process, no TLS servers)
 	$(PYTHON) -m pytest -m "not e2e" $(ARGS)

@@ -235,7 +235,7 @@ def test_proxy_headers_are_stripped_without_auth(open_proxy: Proxy,
     assert request.headers["x-kept"] == "1"  # the twin: an ordinary header does arrive
 
 
-SLOW_ROUNDS = 12  # a bcrypt cost whose check takes long enough to see the event loop held
+SLOW_ROUNDS = 13  # a bcrypt cost whose check takes long enough to see the event loop held
 
 
 def timed(proxy: Proxy, url: str, user: str, password: str) -> tuple[int, float]:
@@ -264,7 +264,8 @@ def test_wrong_passwords_do_not_hold_other_clients(tmp_path: Path, pinset: Path,
             right = [timed(proxy, url, FILE_USER, FILE_PASSWORD) for _ in range(3)]
             refused = [future.result(timeout=60) for future in wrong]
         assert [status for status, _ in right] == [200] * 3
-        assert max(took for _, took in right) < one_check / 2, (right, one_check)
+        # held by the checks, the three would wait for all four of them (about 4 checks' time)
+        assert sum(took for _, took in right) < one_check, (right, one_check)
         assert [status for status, _ in refused] == [407] * 4
         # the twin: the wrong ones did wait for their checks (two at a time)
         assert max(took for _, took in refused) > one_check * 0.8, (refused, one_check)

@@ -322,14 +322,14 @@ def test_on_stale(pinsets: PinsetServer, serve: Serve, confdir: Path, pki: Trust
     """The pinset in force passes its valid_until and the server keeps serving that same
     pinset: --on-stale decides; a fresh pinset ends it (the twin)."""
     upstream = serve(good_leaf)
-    soon = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=3)).isoformat(timespec="seconds")
+    soon = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=8)).isoformat(timespec="seconds")
     pinsets.publish(pinset_text(pki, good_leaf, 1, valid_until=soon))
     with start_signed(f"{pinsets.url}/pins.yaml", confdir, pki, "--on-stale", on_stale) as proxy:
         fetched(proxy, "accepted")
         assert status(proxy, "leaf.pinned.test", upstream.port) == 200  # not stale yet
         assert metric(proxy, "pinproxy_pinset_stale") == 0
         # at valid_until the proxy fetches again, gets the same pinset, and it is stale
-        wait_for(lambda: metric(proxy, "pinproxy_pinset_stale") == 1, timeout=10)
+        wait_for(lambda: metric(proxy, "pinproxy_pinset_stale") == 1, timeout=20)
         assert metric(proxy, "pinproxy_pinset_went_stale_total") == 1
         assert f"--on-stale {on_stale}" in proxy.output()
         expected = 502 if on_stale == "block" else 200
