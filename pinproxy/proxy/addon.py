@@ -341,7 +341,7 @@ class Pinning:
                 continue  # its client is gone: nothing left to refuse
             try:
                 decision = decide_handshake(pinset, verified.names, verified.decision.chain,
-                                            today)
+                                            today, self.learned())
                 decision = replace(decision, detail="; ".join(
                     d for d in (_RECHECKED, decision.detail) if d))
                 if decision.proceeds:
