@@ -70,16 +70,42 @@ def _port(text: str) -> int:
         raise ValueError("is not a port number (0-65535)") from None
 
 
-def _workers(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 64:
-        raise ValueError("is not a number of workers (1-64)")
-    return int(text)
+def _whole_number(low: int, high: int, message: str) -> Callable[[str], int]:
+    """A parse function for ASCII digits from `low` to `high`; anything else is `message`."""
+    def parse(text: str) -> int:
+        if not text.isascii() or not text.isdigit() or not low <= int(text) <= high:
+            raise ValueError(message)
+        return int(text)
+    return parse
 
 
-def _report_queue(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 1_000_000:
-        raise ValueError("is not a number of reports (1-1000000)")
-    return int(text)
+def _seconds(low: float, high: float, message: str,
+             low_inclusive: bool = False) -> Callable[[str], float]:
+    """A parse function for seconds above `low` (or from it) and at most `high`."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        above = value >= low if low_inclusive else value > low
+        if not (above and value <= high):  # NaN and inf fail here too
+            raise ValueError(message)
+        return value
+    return parse
+
+
+_MAX_TIMEOUT = 86400
+_workers = _whole_number(1, 64, "is not a number of workers (1-64)")
+_report_queue = _whole_number(1, 1_000_000, "is not a number of reports (1-1000000)")
+_max_connections = _whole_number(1, 1_000_000, "is not a number of connections (1-1000000)")
+# mitmproxy's tcp_timeout is a whole number of seconds
+_idle_timeout = _whole_number(1, _MAX_TIMEOUT,
+                              f"is not a whole number of seconds (1 to {_MAX_TIMEOUT})")
+_drain_timeout = _seconds(0, _MAX_DRAIN_TIMEOUT, "is not a number of seconds "
+                          f"(> 0, at most {_MAX_DRAIN_TIMEOUT:g})")
+_timeout = _seconds(0, _MAX_TIMEOUT, f"is not a number of seconds (> 0, at most {_MAX_TIMEOUT})")
+_refresh = _seconds(1, _MAX_TIMEOUT, f"is not a number of seconds (1 to {_MAX_TIMEOUT})",
+                    low_inclusive=True)
 
 
 def _admin_listen(text: str) -> str:
@@ -89,42 +115,6 @@ def _admin_listen(text: str) -> str:
         except PinproxyError:
             raise ValueError("is not HOST:PORT or 'off'") from None
     return text
-
-
-def _drain_timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value <= _MAX_DRAIN_TIMEOUT:  # NaN and inf fail here too
-        raise ValueError(f"is not a number of seconds (> 0, at most {_MAX_DRAIN_TIMEOUT:g})")
-    return value
-
-
-_MAX_TIMEOUT = 86400.0
-
-
-def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value <= _MAX_TIMEOUT:  # NaN and inf fail here too
-        raise ValueError(f"is not a number of seconds (> 0, at most {_MAX_TIMEOUT:g})")
-    return value
-
-
-def _idle_timeout(text: str) -> int:
-    # mitmproxy's tcp_timeout is a whole number of seconds
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= _MAX_TIMEOUT:
-        raise ValueError(f"is not a whole number of seconds (1 to {_MAX_TIMEOUT:g})")
-    return int(text)
-
-
-def _max_connections(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 1_000_000:
-        raise ValueError("is not a number of connections (1-1000000)")
-    return int(text)
 
 
 def _nonempty(text: str) -> str:
@@ -151,19 +141,6 @@ def _boolean(text: str) -> bool:
     if text.lower() in _FALSE:
         return False
     raise ValueError("is not a boolean (1/0, true/false, yes/no)")
-
-
-_MAX_REFRESH = 86400.0
-
-
-def _refresh(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 1 <= value <= _MAX_REFRESH:  # NaN and inf fail here too
-        raise ValueError(f"is not a number of seconds (1 to {_MAX_REFRESH:g})")
-    return value
 
 
 def _https_url(text: str) -> str:
